@@ -1,0 +1,34 @@
+"""Backbone + head classifier with separate entry points for features and head."""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from scenecls.models.heads import GapHead, InceptionHead
+from scenecls.models.resnet import ResNet50
+
+
+class Classifier(nn.Module):
+    """Preprocessed NHWC images -> class logits.
+
+    ``features`` and ``classify`` are separate entry points (use with
+    ``apply(..., method=...)``) so patch inference can run the backbone once
+    and the head on many windows of its feature map.
+    """
+
+    backbone: ResNet50
+    head: InceptionHead | GapHead
+
+    def __call__(
+        self, images: jnp.ndarray, train: bool = False, return_features: bool = False
+    ) -> jnp.ndarray | tuple[jnp.ndarray, jnp.ndarray]:
+        features = self.backbone(images, train=train)
+        logits = self.head(features, train=train)
+        return (logits, features) if return_features else logits
+
+    def features(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        """The backbone's final feature map (N, H/32, W/32, C)."""
+        return self.backbone(images, train=train)
+
+    def classify(self, features: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        """Head logits for a batch of feature maps."""
+        return self.head(features, train=train)

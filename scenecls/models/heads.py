@@ -1,0 +1,53 @@
+"""Classification heads applied to the backbone's feature map."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class InceptionHead(nn.Module):
+    """Parallel 'same' convs (1x1, 3x3, 5x5 by default) -> concat -> GAP -> dropout -> dense.
+
+    The paper's head: 128 filters per branch with ReLU; logits are returned
+    (softmax belongs to the loss).
+    """
+
+    num_classes: int
+    filters: int = 128
+    kernel_sizes: Sequence[int] = (1, 3, 5)
+    dropout_rate: float = 0.5
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        branches = [
+            nn.relu(
+                nn.Conv(self.filters, (k, k), padding="SAME", dtype=self.dtype, name=f"branch_{k}x{k}")(
+                    features
+                )
+            )
+            for k in self.kernel_sizes
+        ]
+        x = jnp.concatenate(branches, axis=-1)
+        return _pool_and_classify(self, x, train)
+
+
+class GapHead(nn.Module):
+    """Baseline head (paper's Version 2): GAP -> dropout -> dense logits."""
+
+    num_classes: int
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        return _pool_and_classify(self, features, train)
+
+
+def _pool_and_classify(head: InceptionHead | GapHead, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    """Global average pool, dropout and the dense logits layer, in float32."""
+    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    x = nn.Dropout(head.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(head.num_classes, dtype=jnp.float32, name="logits")(x)
