@@ -1,11 +1,11 @@
 """Test-sized twin of the default config: shallow narrow ResNet, 64 px, one epoch per stage."""
 
-from configs import default
+from scenecls.config import default_config
 
 
 def get_config():
     """Returns a config that trains in seconds on a CPU (for tests)."""
-    config = default.get_config()
+    config = default_config()
     config.data.store_shorter_side = 72
     config.data.synthetic_per_class = 12
     config.data.shuffle_buffer = 64

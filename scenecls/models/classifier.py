@@ -19,9 +19,19 @@ class Classifier(nn.Module):
     head: InceptionHead | GapHead
 
     def __call__(
-        self, images: jnp.ndarray, train: bool = False, return_features: bool = False
+        self,
+        images: jnp.ndarray,
+        train: bool = False,
+        return_features: bool = False,
+        batchnorm_train: bool | None = None,
     ) -> jnp.ndarray | tuple[jnp.ndarray, jnp.ndarray]:
-        features = self.backbone(images, train=train)
+        """Logits (and the feature map if asked).
+
+        ``train`` enables dropout; ``batchnorm_train`` (default: ``train``) makes
+        BatchNorm use and update batch statistics. Frozen BatchNorm trains with
+        ``train=True, batchnorm_train=False``.
+        """
+        features = self.backbone(images, train=train if batchnorm_train is None else batchnorm_train)
         logits = self.head(features, train=train)
         return (logits, features) if return_features else logits
 

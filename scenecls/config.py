@@ -1,0 +1,101 @@
+"""Default configuration: the paper's final model (Version 4).
+
+Keras ResNet-50 + Inception head, two-stage transfer learning. It lives in the
+package so configs/*.py files (and users' own) can import and adjust it from
+any working directory.
+"""
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Returns the default training configuration."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    # Data: a folder of class folders, prepared once into a tfds dataset.
+    config.data = ml_collections.ConfigDict()
+    config.data.source_dir = ""  # e.g. /data/campus with Buildings/, Cars/, ...
+    config.data.classes = ()  # empty: sorted class-folder names
+    config.data.prepared_dir = ""  # empty: <workdir>/prepared
+    config.data.split = (0.7, 0.15, 0.15)  # train / validation / test
+    config.data.split_seed = 0
+    config.data.store_shorter_side = 256  # images are stored pre-resized
+    config.data.synthetic_per_class = 0  # > 0: generate a synthetic scene set first
+    config.data.shuffle_buffer = 2048
+
+    config.image_size = 224
+    config.batch_size = 32  # global batch size
+    config.eval_batch_size = 64
+
+    # Augmentation (train only), Keras ImageDataGenerator semantics.
+    config.augment = ml_collections.ConfigDict()
+    config.augment.rotation_degrees = 10.0
+    config.augment.width_shift = 0.05
+    config.augment.height_shift = 0.05
+    config.augment.zoom = 0.1
+    config.augment.horizontal_flip = True
+
+    # Model.
+    config.model = ml_collections.ConfigDict()
+    config.model.variant = "keras"  # keras | torchvision (selects preprocessing too)
+    config.model.stage_sizes = (3, 4, 6, 3)  # ResNet-50
+    config.model.width = 64
+    config.model.head = "inception"  # inception | gap
+    config.model.head_filters = 128
+    config.model.head_kernel_sizes = (1, 3, 5)
+    config.model.dropout_rate = 0.5
+    config.model.dtype = "float32"  # compute dtype; parameters stay float32
+
+    # PATH to .h5/.safetensors/.pth or orbax dir, "keras:imagenet", or "none".
+    config.pretrained = "none"
+
+    config.class_weights = True  # inverse-frequency weights in the loss
+
+    # Two-stage transfer learning. `trainable` is an ordered list of regexes
+    # over parameter paths (e.g. "backbone/conv5_block3_2_conv/kernel");
+    # everything else is frozen. BatchNorm stays frozen unless train_batchnorm.
+    config.stage1 = _stage(epochs=15, learning_rate=1e-5, trainable=("^head/",))
+    # Keras' last 30 layers: the head plus conv5_block2, conv5_block3 (and
+    # conv5_block1_3_bn, which stays frozen like every BatchNorm).
+    config.stage2 = _stage(
+        epochs=10,
+        learning_rate=1e-5,
+        trainable=("^head/", "^backbone/conv5_block2_", "^backbone/conv5_block3_"),
+    )
+
+    config.early_stopping = ml_collections.ConfigDict()
+    config.early_stopping.metric = "val_loss"  # val_loss | val_accuracy
+    config.early_stopping.patience = 5
+    config.reduce_lr = ml_collections.ConfigDict()
+    config.reduce_lr.factor = 0.2
+    config.reduce_lr.patience = 3
+    config.reduce_lr.min_lr = 1e-7
+
+    config.log_every_steps = 10
+
+    # Evaluation.
+    config.eval = ml_collections.ConfigDict()
+    config.eval.source_dir = ""  # another labelled folder to evaluate on instead
+
+    # Patch-based inference.
+    config.infer = ml_collections.ConfigDict()
+    config.infer.inputs = ""  # files, folders or globs, comma separated
+    config.infer.output_dir = ""  # empty: <workdir>/infer
+    config.patch = ml_collections.ConfigDict()
+    config.patch.size = 224
+    config.patch.stride = 112
+    config.patch.image_scale = 0  # > 0: resize so the shorter side is this first
+    config.patch.secondary_threshold = 0.05
+    config.patch.mode = "exact"  # exact | shared
+    config.patch.chunk_size = 32
+    return config
+
+
+def _stage(epochs: int, learning_rate: float, trainable: tuple[str, ...]) -> ml_collections.ConfigDict:
+    stage = ml_collections.ConfigDict()
+    stage.epochs = epochs
+    stage.learning_rate = learning_rate
+    stage.trainable = trainable
+    stage.train_batchnorm = False
+    return stage

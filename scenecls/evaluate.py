@@ -1,0 +1,90 @@
+"""Test-split evaluation of a trained workdir: predictions, metrics and plots in <workdir>/eval/."""
+
+import functools
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from scenecls import checkpoints, metrics
+from scenecls.data import builder, pipeline
+from scenecls.models import Classifier
+from scenecls.preprocessing import mode_for_variant, preprocess
+
+
+def eval_step(
+    variables: dict[str, Any], batch: dict[str, jnp.ndarray], *, model: Classifier, preprocess_mode: str
+) -> dict[str, jnp.ndarray]:
+    """Class probabilities plus masked sums of the (unweighted) loss and correct predictions."""
+    logits = model.apply(variables, preprocess(batch["image"], preprocess_mode)).astype(jnp.float32)
+    mask = batch["mask"].astype(jnp.float32)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    return {
+        "probs": jax.nn.softmax(logits),
+        "loss": jnp.sum(losses * mask),
+        "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
+        "count": jnp.sum(mask),
+    }
+
+
+def predict_split(
+    model: Classifier, variables: dict[str, Any], batches: Iterator[dict[str, np.ndarray]], preprocess_mode: str
+) -> dict[str, Any]:
+    """Runs a masked eval iterator; returns files, labels, probs (padding dropped) and mean loss/accuracy."""
+    step = jax.jit(functools.partial(eval_step, model=model, preprocess_mode=preprocess_mode))
+    files, labels, probs = [], [], []
+    totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+    for batch in batches:
+        out = jax.device_get(step(variables, {k: batch[k] for k in ("image", "label", "mask")}))
+        keep = batch["mask"].astype(bool)
+        files.extend(str(f.decode() if isinstance(f, bytes) else f) for f in batch["file"][keep])
+        labels.append(batch["label"][keep])
+        probs.append(out["probs"][keep])
+        for key in totals:
+            totals[key] += float(out[key])
+    count = max(totals["count"], 1.0)
+    return {
+        "files": files,
+        "labels": np.concatenate(labels) if labels else np.zeros((0,), np.int32),
+        "probs": np.concatenate(probs) if probs else np.zeros((0, 0), np.float32),
+        "loss": totals["loss"] / count,
+        "accuracy": totals["correct"] / count,
+    }
+
+
+def evaluation_data(config: ml_collections.ConfigDict, workdir: str, classes: tuple[str, ...]) -> tuple[Any, str]:
+    """The prepared data and split to evaluate on: the run's test split, or all of eval.source_dir."""
+    if not config.eval.source_dir:
+        return builder.prepare(config.data, workdir), "test"
+    data_config = ml_collections.ConfigDict(config.data.to_dict())
+    data_config.source_dir = config.eval.source_dir
+    data_config.classes = tuple(classes)
+    data_config.prepared_dir = os.path.join(workdir, "eval_prepared")
+    data_config.synthetic_per_class = 0
+    data_config.split = (0.0, 0.0, 1.0)
+    return builder.prepare(data_config, workdir), "test"
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Evaluates the best checkpoint of ``workdir``; writes and returns the metrics."""
+    trained = checkpoints.load_for_inference(workdir)
+    prepared, split = evaluation_data(config, workdir, trained.classes)
+    if tuple(prepared.classes) != tuple(trained.classes):
+        raise checkpoints.WorkdirError(f"evaluation data classes {list(prepared.classes)} differ from the "
+                                       f"model's {list(trained.classes)}")
+    eval_config = ml_collections.ConfigDict(config.to_dict())
+    eval_config.image_size = trained.config.image_size
+    mode = mode_for_variant(trained.config.model.variant)
+    result = predict_split(trained.model, trained.variables,
+                                 pipeline.eval_batches(prepared, split, eval_config), mode)
+    out_dir = os.path.join(workdir, "eval")
+    test_metrics = metrics.evaluate_predictions(out_dir, result["files"], result["labels"], result["probs"],
+                                                trained.classes)
+    logging.info("Evaluation on %d %s examples:\n%s", len(result["files"]), split, metrics.format_report(test_metrics))
+    return test_metrics

@@ -1,0 +1,89 @@
+"""Which parameters train in a stage: readable regex rules over parameter paths.
+
+Paths look like ``backbone/conv5_block3_2_conv/kernel`` or ``head/logits/bias``.
+A parameter trains when a rule matches its path, unless it belongs to a
+BatchNorm layer and BatchNorm is frozen. A rule that matches nothing is an
+error, so a typo fails loudly instead of silently training the wrong layers.
+"""
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax
+from absl import logging
+
+TRAINABLE = "trainable"
+FROZEN = "frozen"
+
+
+def path_name(path: Sequence[str]) -> str:
+    """``("backbone", "conv1_conv", "kernel")`` -> ``"backbone/conv1_conv/kernel"``."""
+    return "/".join(path)
+
+
+def param_labels(
+    params: Mapping[str, Any],
+    batch_stats: Mapping[str, Any],
+    trainable: Sequence[str],
+    train_batchnorm: bool = False,
+) -> Any:
+    """A pytree like ``params`` with TRAINABLE or FROZEN at every leaf.
+
+    BatchNorm layers are recognised as the modules that own ``batch_stats``.
+    Raises ValueError when a rule matches no parameter.
+    """
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
+    batchnorm_modules = {path[:-1] for path in flax.traverse_util.flatten_dict(flax.core.unfreeze(batch_stats))}
+    patterns = [re.compile(rule) for rule in trainable]
+    used = [False] * len(patterns)
+    labels = {}
+    for path in flat:
+        name = path_name(path)
+        hits = [i for i, pattern in enumerate(patterns) if pattern.search(name)]
+        for i in hits:
+            used[i] = True
+        is_frozen_bn = path[:-1] in batchnorm_modules and not train_batchnorm
+        labels[path] = TRAINABLE if hits and not is_frozen_bn else FROZEN
+    unused = [rule for rule, hit in zip(trainable, used) if not hit]
+    if unused:
+        raise ValueError(f"trainable rule(s) {unused} match no parameter; parameter paths look like "
+                         f"{path_name(next(iter(flat)))!r}")
+    return flax.traverse_util.unflatten_dict(labels)
+
+
+def trainable_names(labels: Any) -> list[str]:
+    """Paths of the trainable parameters, in tree order."""
+    flat = flax.traverse_util.flatten_dict(labels)
+    return [path_name(path) for path, label in flat.items() if label == TRAINABLE]
+
+
+def gradient_boundary(labels: Any, block_names: Sequence[str]) -> str | None:
+    """Where backprop may stop in the backbone: the first block with a trainable parameter.
+
+    Returns ``"output"`` when no backbone parameter trains and ``None`` when the
+    stem (conv1) trains, i.e. full backprop is needed.
+    """
+    backbone = [
+        path[1] for path, label in flax.traverse_util.flatten_dict(labels).items()
+        if path[0] == "backbone" and label == TRAINABLE
+    ]
+    if not backbone:
+        return "output"
+    if any(not layer.startswith(tuple(block_names)) for layer in backbone):
+        return None
+    return next(block for block in block_names if any(layer.startswith(block + "_") for layer in backbone))
+
+
+def log_trainable(stage: str, labels: Any, params: Any) -> str:
+    """Logs and returns a one-paragraph summary of what a stage trains."""
+    flat_labels = flax.traverse_util.flatten_dict(labels)
+    flat_params = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
+    names = trainable_names(labels)
+    count = sum(flat_params[p].size for p, label in flat_labels.items() if label == TRAINABLE)
+    total = sum(leaf.size for leaf in flat_params.values())
+    layers = sorted({name.rsplit("/", 1)[0] for name in names})
+    text = (f"{stage}: training {count:,} of {total:,} parameters ({len(names)} tensors in "
+            f"{len(layers)} layers): {', '.join(layers)}")
+    logging.info(text)
+    return text

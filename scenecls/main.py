@@ -1,0 +1,66 @@
+"""scenecls command line: ``scenecls --config=configs/X.py --workdir=DIR --mode=MODE``.
+
+Modes: ``train`` (prepare data, two-stage training, then test evaluation),
+``evaluate`` (best checkpoint on the test split or --config.eval.source_dir),
+``infer`` (patch-based major/secondary classes of --config.infer.inputs),
+``prepare`` (only build the dataset and print its report) and ``synth``
+(write the synthetic demo dataset to <workdir>/synthetic_source).
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/default.py; override fields with --config.a.b=v.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for prepared data, checkpoints and outputs.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "infer", "prepare", "synth"], "What to do.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> int:
+    """Dispatches to one library function per mode; returns the exit status."""
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    # TensorFlow serves tf.data only: keep it off any GPU so it never competes with JAX.
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")
+    import jax
+
+    from scenecls import evaluate, patches, train
+    from scenecls.data import builder, synthetic
+
+    config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
+    os.makedirs(workdir, exist_ok=True)
+    logging.info("JAX devices: %s", jax.devices())
+    try:
+        if mode == "train":
+            train.train_and_evaluate(config, workdir)
+        elif mode == "evaluate":
+            evaluate.evaluate(config, workdir)
+        elif mode == "infer":
+            return patches.run_inference(config, workdir)
+        elif mode == "prepare":
+            builder.prepare(config.data, workdir)
+        elif mode == "synth":
+            out_dir = os.path.join(workdir, "synthetic_source")
+            synthetic.write_dataset(out_dir, per_class=max(config.data.synthetic_per_class, 1), seed=config.seed)
+            print(f"Synthetic dataset written to {out_dir}")
+    except (ValueError, OSError) as e:  # Expected failures (bad input) end with one line, not a traceback.
+        logging.debug("Failure details", exc_info=True)
+        print(f"scenecls: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,321 @@
+"""Two-stage transfer learning: frozen backbone, then a fine-tuned tail.
+
+Each stage trains the parameters its config's ``trainable`` rules select with
+Adam, stops gradients in front of the first trainable backbone block (frozen
+layers cost no backward pass), keeps BatchNorm frozen, and applies early
+stopping and reduce-LR-on-plateau on the validation split. The latest state is
+checkpointed every epoch, so re-running on the same workdir resumes.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax.training import train_state
+
+from scenecls import checkpoints, evaluate, freeze, plots, pretrained, tensorboard
+from scenecls.data import builder, pipeline
+from scenecls.models import block_names, build_classifier
+from scenecls.preprocessing import mode_for_variant, preprocess
+
+
+class TrainState(train_state.TrainState):
+    """Flax TrainState plus BatchNorm statistics."""
+
+    batch_stats: Any
+
+
+@dataclasses.dataclass
+class StageProgress:
+    """Where a stage stands: epochs done, learning rate and plateau bookkeeping (JSON-able)."""
+
+    epochs_done: int
+    learning_rate: float
+    best: float | None = None
+    best_epoch: int = 0
+    epochs_without_improvement: int = 0
+    epochs_since_lr_change: int = 0
+    stopped_early: bool = False
+
+
+def weighted_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, weights: jnp.ndarray) -> jnp.ndarray:
+    """Mean over the batch of ``weight[label] * softmax cross-entropy`` (Keras' class_weight)."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    return jnp.mean(weights[labels] * losses)
+
+
+def make_optimizer(labels: Any) -> optax.GradientTransformation:
+    """Adam directions for trainable leaves, no update (and no state) for frozen ones.
+
+    The learning rate is applied in ``train_step`` so plateau reductions need no
+    new optimizer state and no recompilation. Epsilon 1e-7 as in Keras.
+    """
+    return optax.partition(
+        {freeze.TRAINABLE: optax.scale_by_adam(eps=1e-7), freeze.FROZEN: optax.set_to_zero()}, labels
+    )
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jnp.ndarray],
+    learning_rate: jnp.ndarray,
+    dropout_key: jax.Array,
+    class_weights: jnp.ndarray,
+    *,
+    preprocess_mode: str,
+    batchnorm_train: bool,
+) -> tuple[TrainState, dict[str, jnp.ndarray]]:
+    """One optimisation step; returns the new state and summed batch metrics."""
+    images = preprocess(batch["image"], preprocess_mode)
+    labels = batch["label"]
+    key = jax.random.fold_in(dropout_key, state.step)
+
+    def loss_fn(params):
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        if batchnorm_train:
+            logits, updates = state.apply_fn(
+                variables, images, train=True, rngs={"dropout": key}, mutable=["batch_stats"]
+            )
+            batch_stats = updates["batch_stats"]
+        else:
+            logits = state.apply_fn(variables, images, train=True, batchnorm_train=False, rngs={"dropout": key})
+            batch_stats = state.batch_stats
+        return weighted_cross_entropy(logits, labels, class_weights), (logits, batch_stats)
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    directions, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    updates = jax.tree_util.tree_map(lambda d: -learning_rate * d, directions)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        opt_state=opt_state,
+        batch_stats=batch_stats,
+    )
+    count = labels.shape[0]
+    metrics = {
+        "loss": loss * count,
+        "correct": jnp.sum(jnp.argmax(logits, -1) == labels),
+        "count": jnp.asarray(count),
+    }
+    return new_state, metrics
+
+
+def update_progress(progress: StageProgress, value: float, config: ml_collections.ConfigDict, max_epochs: int) -> bool:
+    """Advances plateau bookkeeping after an epoch; returns True when ``value`` is a new best.
+
+    Early stopping and the LR reduction follow Keras' EarlyStopping and
+    ReduceLROnPlateau (no min_delta, no cooldown).
+    """
+    sign = -1.0 if config.early_stopping.metric == "val_loss" else 1.0
+    progress.epochs_done += 1
+    improved = progress.best is None or sign * value > sign * progress.best
+    if improved:
+        progress.best, progress.best_epoch = value, progress.epochs_done
+        progress.epochs_without_improvement = progress.epochs_since_lr_change = 0
+    else:
+        progress.epochs_without_improvement += 1
+        progress.epochs_since_lr_change += 1
+        if progress.epochs_since_lr_change >= config.reduce_lr.patience:
+            new_lr = max(progress.learning_rate * config.reduce_lr.factor, config.reduce_lr.min_lr)
+            if new_lr < progress.learning_rate:
+                logging.info("Reducing learning rate %.3g -> %.3g", progress.learning_rate, new_lr)
+            progress.learning_rate, progress.epochs_since_lr_change = new_lr, 0
+        if progress.epochs_without_improvement >= config.early_stopping.patience and progress.epochs_done < max_epochs:
+            logging.info("Early stopping: no %s improvement for %d epochs", config.early_stopping.metric,
+                         progress.epochs_without_improvement)
+            progress.stopped_early = True
+    return improved
+
+
+def initial_variables(config: ml_collections.ConfigDict, num_classes: int) -> dict[str, Any]:
+    """Initialised classifier variables, with the pretrained backbone merged in when configured."""
+    model = build_classifier(config.model, num_classes)
+    size = config.image_size
+    variables = jax.jit(lambda key: model.init(key, jnp.zeros((1, size, size, 3), jnp.float32)))(
+        jax.random.PRNGKey(config.seed)
+    )
+    variables = jax.device_get(dict(variables))
+    if config.pretrained in ("", "none"):
+        logging.warning("No pretrained weights (config.pretrained='none'): the backbone starts from random init.")
+        return variables
+    weights_variant = pretrained.weights_variant(config.pretrained)
+    if weights_variant != config.model.variant:
+        raise ValueError(f"{config.pretrained}: weights are for the {weights_variant!r} ResNet variant but "
+                         f"config.model.variant={config.model.variant!r}; set --config.model.variant={weights_variant}")
+    return pretrained.merge_backbone(variables, pretrained.load_backbone(config.pretrained))
+
+
+class _EpochLogger:
+    """Periodic progress lines (loss, accuracy, images/s, ETA) within an epoch."""
+
+    def __init__(self, stage: str, epoch: int, epochs: int, steps: int, batch_size: int, every: int):
+        self.stage, self.epoch, self.epochs, self.steps = stage, epoch, epochs, steps
+        self.batch_size, self.every = batch_size, max(every, 1)
+        self.start = time.perf_counter()
+
+    def step(self, step: int, totals: dict[str, float]) -> None:
+        if step % self.every and step != self.steps:
+            return
+        elapsed = time.perf_counter() - self.start
+        rate = step * self.batch_size / max(elapsed, 1e-9)
+        eta = (self.steps - step) * self.batch_size / max(rate, 1e-9)
+        logging.info(
+            "%s epoch %d/%d step %d/%d: loss %.4f acc %.4f, %.1f img/s, ETA %.0fs", self.stage, self.epoch,
+            self.epochs, step, self.steps, totals["loss"] / totals["count"], totals["correct"] / totals["count"],
+            rate, eta,
+        )
+
+
+def _train_epoch(
+    state: TrainState,
+    step_fn: Callable,
+    batches: Iterator[dict[str, np.ndarray]],
+    progress: StageProgress,
+    dropout_key: jax.Array,
+    class_weights: jnp.ndarray,
+    logger: _EpochLogger,
+) -> tuple[TrainState, dict[str, float]]:
+    """Runs one epoch of train steps; returns the state and mean loss/accuracy and throughput."""
+    totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+    start = time.perf_counter()
+    learning_rate = jnp.asarray(progress.learning_rate, jnp.float32)
+    for step, batch in enumerate(batches, start=1):
+        state, metrics = step_fn(state, batch, learning_rate, dropout_key, class_weights)
+        for key, value in jax.device_get(metrics).items():
+            totals[key] += float(value)
+        logger.step(step, totals)
+    seconds = time.perf_counter() - start
+    count = max(totals["count"], 1.0)
+    return state, {
+        "loss": totals["loss"] / count,
+        "accuracy": totals["correct"] / count,
+        "images_per_s": totals["count"] / max(seconds, 1e-9),
+    }
+
+
+def _stage_summary(stage: str, records: list[dict[str, Any]], progress: StageProgress) -> str:
+    """A table of a stage's epochs for the log."""
+    lines = [f"{stage} summary (best epoch {progress.best_epoch}{', stopped early' if progress.stopped_early else ''}):",
+             f"{'epoch':>5} {'loss':>8} {'acc':>7} {'val_loss':>9} {'val_acc':>8} {'lr':>9} {'img/s':>7}"]
+    lines += [f"{r['epoch']:>5} {r['loss']:>8.4f} {r['accuracy']:>7.4f} {r['val_loss']:>9.4f} "
+              f"{r['val_accuracy']:>8.4f} {r['lr']:>9.2e} {r['images_per_s']:>7.1f}" for r in records]
+    return "\n".join(lines)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Prepares data, trains both stages (resuming if possible), evaluates on the test split.
+
+    Returns the test metrics (also written to ``<workdir>/eval/metrics.json``).
+    """
+    os.makedirs(workdir, exist_ok=True)
+    prepared = builder.prepare(config.data, workdir)
+    classes = prepared.classes
+    checkpoints.write_run_files(workdir, config, classes)
+    num_classes = len(classes)
+    mode = mode_for_variant(config.model.variant)
+    weights = (pipeline.class_weights(prepared.counts["train"]) if config.class_weights
+               else np.ones((num_classes,), np.float32))
+    logging.info("Class weights: %s", dict(zip(classes, np.round(weights, 4).tolist())))
+    class_weights = jnp.asarray(weights)
+    steps = pipeline.steps_per_epoch(prepared, config)
+    if steps == 0:
+        raise ValueError(f"training split has {sum(prepared.counts['train'])} images, fewer than one batch of "
+                         f"{config.batch_size}; lower --config.batch_size")
+
+    latest = checkpoints.latest_manager(workdir)
+    resume = checkpoints.restore_meta(latest)
+    history: dict[str, list[dict[str, Any]]] = resume["history"] if resume else {}
+    writer = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
+    variables = None
+    epoch_offset = 0
+    for stage_index, stage in enumerate(checkpoints.STAGES):
+        stage_config = config[stage]
+        if resume and checkpoints.STAGES.index(resume["stage"]) > stage_index:
+            epoch_offset += stage_config.epochs
+            continue
+        if stage_config.epochs <= 0:
+            continue
+        if variables is None:
+            variables = (_best_variables(workdir, checkpoints.STAGES[stage_index - 1]) if stage_index > 0 and resume
+                         else initial_variables(config, num_classes))
+        labels = freeze.param_labels(variables["params"], variables["batch_stats"], stage_config.trainable,
+                                     stage_config.train_batchnorm)
+        freeze.log_trainable(stage, labels, variables["params"])
+        boundary = freeze.gradient_boundary(labels, block_names(config.model.stage_sizes))
+        logging.info("%s: gradients stop at %s", stage, boundary or "nothing (full backprop)")
+        model = build_classifier(config.model, num_classes, gradient_boundary=boundary)
+        state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=make_optimizer(labels),
+                                  batch_stats=variables["batch_stats"])
+        progress = StageProgress(epochs_done=0, learning_rate=stage_config.learning_rate)
+        if resume and resume["stage"] == stage:
+            state = state.replace(**checkpoints.restore_state(latest, latest.latest_step(), _state_tree(state)))
+            progress = StageProgress(**resume["progress"])
+            logging.info("Resuming %s after epoch %d (checkpoint %d)", stage, progress.epochs_done,
+                         latest.latest_step())
+        records = history.setdefault(stage, [])
+        step_fn = jax.jit(
+            functools.partial(train_step, preprocess_mode=mode, batchnorm_train=stage_config.train_batchnorm),
+            donate_argnums=0,
+        )
+        dropout_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), stage_index)
+        best = checkpoints.best_manager(workdir, stage)
+        while progress.epochs_done < stage_config.epochs and not progress.stopped_early:
+            epoch = progress.epochs_done + 1
+            global_epoch = epoch_offset + epoch
+            logger = _EpochLogger(stage, epoch, stage_config.epochs, steps, config.batch_size, config.log_every_steps)
+            learning_rate = progress.learning_rate
+            state, train_metrics = _train_epoch(
+                state, step_fn, pipeline.train_batches(prepared, config, epoch=global_epoch),
+                progress, dropout_key, class_weights, logger,
+            )
+            eval_variables = {"params": state.params, "batch_stats": state.batch_stats}
+            val = evaluate.predict_split(model, eval_variables, pipeline.eval_batches(prepared, "validation", config), mode)
+            record = {"epoch": epoch, **{k: train_metrics[k] for k in ("loss", "accuracy")},
+                      "val_loss": val["loss"], "val_accuracy": val["accuracy"], "lr": learning_rate,
+                      "images_per_s": train_metrics["images_per_s"]}
+            records.append(record)
+            monitored = record[config.early_stopping.metric]
+            if update_progress(progress, monitored, config, stage_config.epochs):
+                checkpoints.save(best, global_epoch, eval_variables, {"stage": stage, "epoch": epoch, **record})
+            logging.info("%s epoch %d/%d: loss %.4f acc %.4f val_loss %.4f val_acc %.4f lr %.2e (%.1f img/s)",
+                         stage, epoch, stage_config.epochs, record["loss"], record["accuracy"], record["val_loss"],
+                         record["val_accuracy"], learning_rate, record["images_per_s"])
+            writer.scalars(global_epoch, {f"{stage}/{k}": v for k, v in record.items() if k != "epoch"})
+            checkpoints.save(latest, global_epoch, _state_tree(state),
+                             {"stage": stage, "progress": dataclasses.asdict(progress), "history": history})
+            _write_history(workdir, history)
+        logging.info("%s", _stage_summary(stage, records, progress))
+        variables = _best_variables(workdir, stage)
+        epoch_offset += stage_config.epochs
+        resume = None
+    writer.close()
+    _write_history(workdir, history)
+    plots.plot_curves(history, os.path.join(workdir, "curves.png"))
+    return evaluate.evaluate(config, workdir)
+
+
+def _state_tree(state: TrainState) -> dict[str, Any]:
+    """The checkpointed part of a TrainState (functions and optimizer definition excluded)."""
+    return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
+            "opt_state": state.opt_state}
+
+
+def _best_variables(workdir: str, stage: str) -> dict[str, Any]:
+    """The best params and batch_stats of a finished stage."""
+    manager = checkpoints.best_manager(workdir, stage)
+    return jax.device_get(checkpoints.restore_state(manager, manager.latest_step()))
+
+
+def _write_history(workdir: str, history: dict[str, list[dict[str, Any]]]) -> None:
+    with open(os.path.join(workdir, "history.json"), "w") as f:
+        json.dump(history, f, indent=2)
