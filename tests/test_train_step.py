@@ -1,0 +1,106 @@
+"""Train step semantics: frozen layers stay bit-identical, the configured tail trains, class weights."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from scenecls import freeze, train
+from scenecls.models import block_names, build_classifier
+
+
+def _setup(config, rules, train_batchnorm=False):
+    init_model = build_classifier(config.model, num_classes=5)
+    variables = init_model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
+    labels = freeze.param_labels(variables["params"], variables["batch_stats"], rules, train_batchnorm)
+    boundary = freeze.gradient_boundary(labels, block_names(config.model.stage_sizes))
+    model = build_classifier(config.model, num_classes=5, gradient_boundary=boundary)
+    state = train.TrainState.create(apply_fn=model.apply, params=variables["params"],
+                                    tx=train.make_optimizer(labels), batch_stats=variables["batch_stats"])
+    step = jax.jit(functools.partial(train.train_step, preprocess_mode="caffe", batchnorm_train=train_batchnorm))
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8),
+             "label": rng.integers(0, 5, (8,)).astype(np.int32)}
+    return state, step, batch, labels
+
+
+def _run(state, step, batch, steps=3):
+    for _ in range(steps):
+        state, metrics = step(state, batch, jnp.float32(1e-2), jax.random.PRNGKey(1), jnp.ones((5,)))
+    return state, metrics
+
+
+def _changed(before, after):
+    flat_before, flat_after = traverse_util.flatten_dict(before), traverse_util.flatten_dict(after)
+    return {"/".join(k) for k in flat_before if not np.array_equal(flat_before[k], flat_after[k])}
+
+
+def test_stage1_leaves_backbone_bit_identical(tiny_config):
+    state, step, batch, labels = _setup(tiny_config, tiny_config.stage1.trainable)
+    params, stats = jax.device_get(state.params), jax.device_get(state.batch_stats)
+    new_state, metrics = _run(state, step, batch)
+    changed = _changed(params, jax.device_get(new_state.params))
+    assert changed == set(freeze.trainable_names(labels))
+    assert all(name.startswith("head/") for name in changed)
+    assert _changed(stats, jax.device_get(new_state.batch_stats)) == set()
+    assert int(metrics["count"]) == 8 and np.isfinite(float(metrics["loss"]))
+
+
+def test_stage2_changes_exactly_the_tail(tiny_config):
+    state, step, batch, labels = _setup(tiny_config, tiny_config.stage2.trainable)
+    params, stats = jax.device_get(state.params), jax.device_get(state.batch_stats)
+    new_state, _ = _run(state, step, batch)
+    changed = _changed(params, jax.device_get(new_state.params))
+    expected = set(freeze.trainable_names(labels))
+    assert changed == expected
+    assert any(name.startswith("backbone/conv5_block1_") for name in changed)
+    assert not any("_bn/" in name for name in changed)  # BatchNorm frozen: gamma/beta untouched
+    assert _changed(stats, jax.device_get(new_state.batch_stats)) == set()
+
+
+def test_trainable_batchnorm_updates_statistics(tiny_config):
+    state, step, batch, _ = _setup(tiny_config, (".*",), train_batchnorm=True)
+    stats = jax.device_get(state.batch_stats)
+    new_state, _ = _run(state, step, batch, steps=1)
+    assert _changed(stats, jax.device_get(new_state.batch_stats))
+
+
+def test_gradient_boundary_matches_full_backprop(tiny_config):
+    """Stopping gradients in front of the first trainable block gives the same update as full backprop."""
+    state, step, batch, labels = _setup(tiny_config, tiny_config.stage2.trainable)
+    full_model = build_classifier(tiny_config.model, num_classes=5, gradient_boundary=None)
+    full_state = state.replace(apply_fn=full_model.apply)
+    a, _ = _run(state, step, batch, steps=2)
+    b, _ = _run(full_state, step, batch, steps=2)
+    for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_class_weights_scale_the_loss():
+    logits = jnp.array([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0], [2.0, 0.0, 0.0]])
+    labels = jnp.array([0, 1, 1, 2])
+    ones = train.weighted_cross_entropy(logits, labels, jnp.ones((3,)))
+    weights = jnp.array([1.0, 3.0, 0.5])
+    weighted = train.weighted_cross_entropy(logits, labels, weights)
+    per_example = -jax.nn.log_softmax(logits)[jnp.arange(4), labels]
+    assert float(ones) == pytest.approx(float(per_example.mean()), rel=1e-6)
+    assert float(weighted) == pytest.approx(float((weights[labels] * per_example).mean()), rel=1e-6)
+    assert float(weighted) != pytest.approx(float(ones))
+
+
+def test_plateau_bookkeeping(tiny_config):
+    config = tiny_config
+    config.early_stopping.metric = "val_loss"
+    config.early_stopping.patience = 3
+    config.reduce_lr.patience = 2
+    config.reduce_lr.factor = 0.5
+    config.reduce_lr.min_lr = 1e-4
+    progress = train.StageProgress(epochs_done=0, learning_rate=1e-3)
+    improved = [train.update_progress(progress, v, config, max_epochs=10) for v in (1.0, 0.9, 0.95, 0.97)]
+    assert improved == [True, True, False, False]
+    assert progress.learning_rate == pytest.approx(5e-4) and not progress.stopped_early
+    train.update_progress(progress, 0.99, config, max_epochs=10)
+    assert progress.stopped_early and progress.best == 0.9 and progress.best_epoch == 2
