@@ -12,7 +12,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from scenecls import checkpoints, metrics
+from scenecls import checkpoints, metrics, reports
 from scenecls.data import builder, pipeline
 from scenecls.models import Classifier
 from scenecls.preprocessing import mode_for_variant, preprocess
@@ -84,7 +84,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     result = predict_split(trained.model, trained.variables,
                                  pipeline.eval_batches(prepared, split, eval_config), mode)
     out_dir = os.path.join(workdir, "eval")
-    test_metrics = metrics.evaluate_predictions(out_dir, result["files"], result["labels"], result["probs"],
+    test_metrics = reports.evaluate_predictions(out_dir, result["files"], result["labels"], result["probs"],
                                                 trained.classes)
     logging.info("Evaluation on %d %s examples:\n%s", len(result["files"]), split, metrics.format_report(test_metrics))
     return test_metrics
