@@ -31,6 +31,11 @@ def main(argv: list[str]) -> int:
     tf.config.set_visible_devices([], "GPU")
     import jax
 
+    # Persistent compilation cache: the second run of any command skips XLA compilation.
+    cache_dir = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "scenecls", "jax")
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
     from scenecls import evaluate, patches, train
     from scenecls.data import builder, synthetic
 

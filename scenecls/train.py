@@ -23,7 +23,7 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from scenecls import checkpoints, evaluate, freeze, plots, pretrained, tensorboard
+from scenecls import checkpoints, evaluate, freeze, plots, pretrained, summaries
 from scenecls.data import builder, pipeline
 from scenecls.models import block_names, build_classifier
 from scenecls.preprocessing import mode_for_variant, preprocess
@@ -235,7 +235,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     latest = checkpoints.latest_manager(workdir)
     resume = checkpoints.restore_meta(latest)
     history: dict[str, list[dict[str, Any]]] = resume["history"] if resume else {}
-    writer = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
+    writer = summaries.SummaryWriter(os.path.join(workdir, "tensorboard"))
     variables = None
     epoch_offset = 0
     for stage_index, stage in enumerate(checkpoints.STAGES):

@@ -89,7 +89,8 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
         scale = 255.0 if values.size and np.nanmax(values) <= 1.0 else 1.0
         gray = np.clip(np.nan_to_num(values * scale), 0, 255).round().astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=-1)
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La")
+    if has_alpha or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)

@@ -8,6 +8,7 @@ is what the composites need for testing patch-based inference. Usage:
 """
 
 import argparse
+import concurrent.futures
 import io
 import json
 import os
@@ -19,6 +20,7 @@ from PIL import Image, ImageDraw
 
 CLASSES = ("Buildings", "Cars", "Labs", "People", "Trees")
 MARKER = ".scenecls_synthetic.json"  # hidden, so dataset scans ignore it
+DEFAULT_SIZE = (120, 160)  # (height, width) around which image sizes vary
 _FORMAT_VERSION = 1
 # File name suffix and Pillow format, cycled per image so preparation sees mixed formats and extension cases.
 _FORMATS = (
@@ -28,9 +30,10 @@ _FORMATS = (
 _EXIF_ORIENTATION = 0x0112
 
 
-def _colors(rng: np.random.Generator, palette: Sequence[Sequence[int]], n: int, amount: int = 12) -> list[tuple]:
+def _colors(rng: np.random.Generator, palette: Sequence[Sequence[int]], n: int, amount: int = 12) -> list:
     """``n`` colours picked from ``palette``, each channel shifted by up to ``amount``."""
-    picked = np.asarray(palette)[rng.integers(len(palette), size=n)] + rng.integers(-amount, amount + 1, (n, 3))
+    picked = np.asarray(palette)[rng.integers(len(palette), size=n)]
+    picked += rng.integers(-amount, amount + 1, (n, 3))
     return [tuple(c) for c in np.clip(picked, 0, 255).tolist()]
 
 
@@ -43,9 +46,11 @@ def _buildings(draw: ImageDraw.ImageDraw, h: int, w: int, unit: float, rng: np.r
     x = -rng.uniform(0, unit)
     while x < w:
         facade_w = rng.uniform(3, 7) * unit
-        draw.rectangle([x, 0, x + facade_w, h], fill=_color(rng, [(150, 150, 150), (170, 95, 70), (205, 185, 150)]))
+        wall = _color(rng, [(150, 150, 150), (170, 95, 70), (205, 185, 150)])
+        draw.rectangle([x, 0, x + facade_w, h], fill=wall)
         window = _color(rng, [(40, 55, 75), (70, 90, 110), (25, 30, 40)], 10)
-        (win_w, win_h), (space_x, space_y) = rng.uniform(0.35, 0.8, 2) * unit, rng.uniform(0.25, 0.6, 2) * unit
+        win_w, win_h = rng.uniform(0.35, 0.8, 2) * unit
+        space_x, space_y = rng.uniform(0.25, 0.6, 2) * unit
         for wy in np.arange(rng.uniform(0, win_h + space_y), h, win_h + space_y):
             for wx in np.arange(x + space_x / 2, x + facade_w - win_w, win_w + space_x):
                 draw.rectangle([wx, wy, wx + win_w, wy + win_h], fill=window)
@@ -67,7 +72,8 @@ def _cars(draw: ImageDraw.ImageDraw, h: int, w: int, unit: float, rng: np.random
         for x, car_w, car_h, body, glass in zip(lefts, widths, heights, _colors(rng, bodies, per_row, 20),
                                                 _colors(rng, [(120, 170, 200)], per_row, 20), strict=True):
             draw.rectangle([x, top, x + car_w, top + car_h], fill=body)
-            draw.rectangle([x + 0.25 * car_w, top + 0.1 * car_h, x + 0.75 * car_w, top + 0.45 * car_h], fill=glass)
+            window = [x + 0.25 * car_w, top + 0.1 * car_h, x + 0.75 * car_w, top + 0.45 * car_h]
+            draw.rectangle(window, fill=glass)
             for cx in (x + 0.22 * car_w, x + 0.78 * car_w):
                 draw.ellipse([cx - r, top + car_h - r, cx + r, top + car_h + r], fill=(10, 10, 10))
 
@@ -82,13 +88,16 @@ def _labs(draw: ImageDraw.ImageDraw, h: int, w: int, unit: float, rng: np.random
         bench_y = y + 0.75 * row_h
         lefts = np.cumsum(rng.uniform(1.1, 1.8, per_row) * unit) - rng.uniform(0.5, 1.5) * unit
         sizes = rng.uniform(0.4, 1.3, (per_row, 2)) * unit
-        screens, boxes = _colors(rng, [(70, 130, 220)], per_row, 25), _colors(rng, [(200, 200, 195), (160, 165, 170)], per_row)
+        screens = _colors(rng, [(70, 130, 220)], per_row, 25)
+        boxes = _colors(rng, [(200, 200, 195), (160, 165, 170)], per_row)
         leds = _colors(rng, [(220, 30, 30), (30, 200, 60)], per_row, 10)
-        for x, (bw, bh), monitor, screen, box, led in zip(lefts, sizes, rng.random(per_row) < 0.6, screens, boxes,
-                                                          leds, strict=True):
+        monitors = rng.random(per_row) < 0.6
+        items = zip(lefts, sizes, monitors, screens, boxes, leds, strict=True)
+        for x, (bw, bh), monitor, screen, box, led in items:
             if monitor:
                 draw.rectangle([x, bench_y - bh, x + bw, bench_y], fill=(30, 30, 35))
-                draw.rectangle([x + 0.08 * bw, bench_y - 0.92 * bh, x + 0.92 * bw, bench_y - 0.12 * bh], fill=screen)
+                display = [x + 0.08 * bw, bench_y - 0.92 * bh, x + 0.92 * bw, bench_y - 0.12 * bh]
+                draw.rectangle(display, fill=screen)
             else:
                 draw.rectangle([x, bench_y - 0.6 * bh, x + bw, bench_y], fill=box)
                 draw.ellipse([x + 0.1 * bw, bench_y - 0.45 * bh, x + 0.1 * bw + 0.12 * unit,
@@ -144,14 +153,15 @@ def render_scene(class_name: str, height: int, width: int, rng: np.random.Genera
     unit = float(unit or min(height, width) / 6)
     canvas = Image.new("RGB", (width, height))
     _PAINTERS[class_name](ImageDraw.Draw(canvas), height, width, unit, rng)
-    pixels = np.asarray(canvas, dtype=np.float32)
-    # Camera-like imperfections: a smooth illumination gradient and sensor noise.
-    gain = 1.0 + rng.uniform(-0.15, 0.15) * np.linspace(-1, 1, height, dtype=np.float32)[:, None, None]
-    noise = rng.standard_normal((height, width, 1), dtype=np.float32) * rng.uniform(2, 7)
-    return np.clip(pixels * gain * rng.uniform(0.85, 1.1) + noise, 0, 255).astype(np.uint8)
+    # Camera-like imperfections: exposure, a vertical illumination gradient and sensor noise.
+    gradient = np.linspace(-1, 1, height, dtype=np.float32)
+    gain = rng.uniform(0.85, 1.1) * (1 + rng.uniform(-0.15, 0.15) * gradient)
+    pixels = np.asarray(canvas, dtype=np.float32) * gain[:, None, None]
+    pixels += rng.standard_normal((height, width, 1), dtype=np.float32) * np.float32(rng.uniform(2, 7))
+    return np.clip(pixels, 0, 255, out=pixels).astype(np.uint8)
 
 
-def _partition(height: int, width: int, regions: int, rng: np.random.Generator) -> list[tuple[int, int, int, int]]:
+def _partition(height: int, width: int, regions: int, rng: np.random.Generator) -> list[tuple[int, ...]]:
     """Splits the image into rectangles (top, left, bottom, right) by repeatedly cutting the largest one."""
     boxes = [(0, 0, height, width)]
     while len(boxes) < regions:
@@ -206,35 +216,42 @@ def _encode(image: np.ndarray, pil_format: str, exif_rotated: bool) -> bytes:
     return buffer.getvalue()
 
 
-def write_dataset(out_dir: str, per_class: int, size: tuple[int, int] = (120, 160), seed: int = 0,
+def _write_image(root: str, label: int, name: str, i: int, size: tuple[int, int], seed: int) -> str:
+    """Renders and writes image ``i`` of class ``name``; returns its path relative to ``root``."""
+    rng = np.random.default_rng([seed, label, i])
+    scale = rng.uniform(0.8, 1.25)
+    height, width = round(size[0] * scale), round(size[1] * scale)
+    if rng.random() < 1 / 3:
+        height, width = width, height
+    image = render_scene(name, height, width, rng)
+    suffix, pil_format = _FORMATS[i % len(_FORMATS)]
+    rel_path = os.path.join(name, "more" if i % 10 == 9 else "", f"{name.lower()}_{i:04d}{suffix}")
+    os.makedirs(os.path.join(root, os.path.dirname(rel_path)), exist_ok=True)
+    with open(os.path.join(root, rel_path), "wb") as f:
+        f.write(_encode(image, pil_format, exif_rotated=pil_format == "JPEG" and i % 4 == 3))
+    return rel_path
+
+
+def write_dataset(out_dir: str, per_class: int, size: tuple[int, int] = DEFAULT_SIZE, seed: int = 0,
                   classes: Sequence[str] = CLASSES) -> dict[str, list[str]]:
     """Writes ``out_dir/<class>/...`` with ``per_class`` images per class; returns class -> relative paths.
 
     Image sizes vary around ``size`` (height, width), a third are portrait, formats and extension cases are
     mixed, some JPEGs carry an EXIF rotation and every tenth image sits in a nested folder, so the
     preparation code sees what phone photo folders look like. Deterministic in (per_class, size, seed).
-    The folder is written under a temporary name and renamed, so it is complete or absent.
+    The folder is written under a temporary name and renamed, so it is complete or absent; an existing
+    synthetic dataset there is replaced, any other non-empty folder is left alone (ValueError).
     """
     if per_class < 1:
         raise ValueError(f"per_class must be >= 1, got {per_class}")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.exists(os.path.join(out_dir, MARKER)):
+        raise ValueError(f"{out_dir}: not empty and not a synthetic dataset; refusing to overwrite it")
     tmp_dir = out_dir.rstrip("/") + ".partial"
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    files: dict[str, list[str]] = {}
-    for label, name in enumerate(classes):
-        files[name] = []
-        for i in range(per_class):
-            rng = np.random.default_rng([seed, label, i])
-            scale = rng.uniform(0.8, 1.25)
-            height, width = round(size[0] * scale), round(size[1] * scale)
-            if rng.random() < 1 / 3:
-                height, width = width, height
-            image = render_scene(name, height, width, rng)
-            suffix, pil_format = _FORMATS[i % len(_FORMATS)]
-            rel_path = os.path.join(name, "more" if i % 10 == 9 else "", f"{name.lower()}_{i:04d}{suffix}")
-            os.makedirs(os.path.join(tmp_dir, os.path.dirname(rel_path)), exist_ok=True)
-            with open(os.path.join(tmp_dir, rel_path), "wb") as f:
-                f.write(_encode(image, pil_format, exif_rotated=pil_format == "JPEG" and i % 4 == 3))
-            files[name].append(rel_path)
+    jobs = [(label, name, i) for label, name in enumerate(classes) for i in range(per_class)]
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+        paths = list(pool.map(lambda job: _write_image(tmp_dir, *job, size=size, seed=seed), jobs))
+    files = {name: paths[label * per_class:(label + 1) * per_class] for label, name in enumerate(classes)}
     with open(os.path.join(tmp_dir, MARKER), "w") as f:
         json.dump(synthetic_marker(per_class, size, seed, classes), f)
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -249,7 +266,7 @@ def synthetic_marker(per_class: int, size: Sequence[int], seed: int, classes: Se
 
 
 def _main() -> None:
-    parser = argparse.ArgumentParser(description="Write a synthetic 5-class scene dataset (folder of class folders).")
+    parser = argparse.ArgumentParser(description="Writes a synthetic 5-class scene dataset (class folders).")
     parser.add_argument("out_dir")
     parser.add_argument("--per_class", type=int, default=80)
     parser.add_argument("--seed", type=int, default=0)

@@ -1,0 +1,177 @@
+"""tf.data input pipeline: prepared tfds data -> numpy batches of uint8 images for JAX.
+
+Images are resized to ``image_size`` x ``image_size`` ignoring the aspect ratio (as Keras'
+``flow_from_directory(target_size=...)``, which the reference used), bilinear with antialiasing, the same for
+training and evaluation. Training adds the paper's augmentation with Keras ``ImageDataGenerator`` semantics
+(rotation, width/height shift, zoom, horizontal flip; bilinear, fill mode 'nearest'). Normalisation
+(caffe/torch) is done by the model step on device, so batches stay uint8.
+
+Determinism: the shuffle order and every random augmentation parameter derive from (config.seed, epoch),
+so epoch e yields the same batches whether or not the run was interrupted before it.
+"""
+
+import math
+from collections.abc import Iterator, Sequence
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from scenecls.data.builder import PreparedData
+
+try:  # tf.data only: keep TensorFlow off the accelerators JAX uses.
+    tf.config.set_visible_devices([], "GPU")
+except RuntimeError:  # already initialised by the caller (main.py hides GPUs first)
+    pass
+
+_AUTOTUNE = tf.data.AUTOTUNE
+
+
+def class_weights(train_counts: Sequence[int]) -> np.ndarray:
+    """Inverse-frequency class weights, ``w_c = n_total / (n_classes * n_c)`` (Keras/sklearn "balanced").
+
+    A balanced set gets all ones; the weighted loss then counts every class as much as in a balanced set.
+    Classes without training images get weight 0 (they never appear in the loss).
+    """
+    counts = np.asarray(train_counts, dtype=np.float64)
+    weights = np.divide(counts.sum(), len(counts) * counts, out=np.zeros_like(counts), where=counts > 0)
+    return weights.astype(np.float32)
+
+
+def steps_per_epoch(prepared: PreparedData, config: ml_collections.ConfigDict) -> int:
+    """Full training batches per epoch (the remainder is dropped, a different one each epoch)."""
+    return sum(prepared.counts["train"]) // config.batch_size
+
+
+def epoch_seeds(seed: int, epoch: int) -> tuple[int, int]:
+    """(shuffle seed, augmentation seed) for one epoch, derived from the run's seed."""
+    shuffle_seed, augment_seed = np.random.SeedSequence([seed, epoch]).generate_state(2)
+    return int(shuffle_seed), int(augment_seed)
+
+
+def train_batches(prepared: PreparedData, config: ml_collections.ConfigDict, epoch: int,
+                  process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """One epoch of augmented training batches ``{"image": uint8 (B, S, S, 3), "label": int32 (B,)}``.
+
+    ``B = config.batch_size // process_count``: all processes shuffle identically, keep the same number of
+    whole global batches, and each takes every ``process_count``-th example (disjoint shards).
+    """
+    if config.batch_size % process_count:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by {process_count} processes")
+    shuffle_seed, augment_seed = epoch_seeds(config.seed, epoch)
+    size = config.image_size
+
+    def decode(example):
+        return {"image": _decode_resize(example["image"], size), "label": tf.cast(example["label"], tf.int32)}
+
+    def augment(index, batch):
+        seed = tf.stack([tf.constant(augment_seed, tf.int64), index * process_count + process_index])
+        return {"image": _augment(batch["image"], config.augment, seed), "label": batch["label"]}
+
+    ds = _read(prepared, "train")
+    ds = ds.shuffle(config.data.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+    ds = ds.take(steps_per_epoch(prepared, config) * config.batch_size).shard(process_count, process_index)
+    ds = ds.map(decode, num_parallel_calls=_AUTOTUNE)
+    ds = ds.batch(config.batch_size // process_count, drop_remainder=True).enumerate()
+    return ds.map(augment, num_parallel_calls=_AUTOTUNE).prefetch(_AUTOTUNE).as_numpy_iterator()
+
+
+def eval_batches(prepared: PreparedData, split: str, config: ml_collections.ConfigDict,
+                 process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """Every example of ``split`` exactly once, in a fixed order, without augmentation.
+
+    Batches hold ``config.eval_batch_size // process_count`` examples: ``image`` uint8, ``label`` int32,
+    ``mask`` bool (False on the padding that fills the last batch) and ``file`` (source-relative paths).
+    Every process yields the same number of batches; process p holds examples p, p + P, p + 2P, ...
+    """
+    total = sum(prepared.counts.get(split, []))
+    if not total:
+        raise ValueError(f"the {split!r} split of {prepared.data_dir} is empty; check data.split")
+    if config.eval_batch_size % process_count:
+        raise ValueError(f"eval_batch_size {config.eval_batch_size} is not divisible by {process_count} "
+                         "processes")
+    batch_size = config.eval_batch_size // process_count
+    size = config.image_size
+
+    def decode(example):
+        image = tf.cast(tf.round(_decode_resize(example["image"], size)), tf.uint8)
+        return {"image": image, "label": tf.cast(example["label"], tf.int32), "mask": tf.constant(True),
+                "file": example["file"]}
+
+    padding = {"image": tf.zeros((size, size, 3), tf.uint8), "label": tf.constant(0, tf.int32),
+               "mask": tf.constant(False), "file": tf.constant("")}
+    ds = _read(prepared, split).shard(process_count, process_index).map(decode, num_parallel_calls=_AUTOTUNE)
+    padded = math.ceil(math.ceil(total / process_count) / batch_size) * batch_size
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat()).take(padded)
+    return _decode_files(ds.batch(batch_size).prefetch(_AUTOTUNE).as_numpy_iterator())
+
+
+def _decode_files(batches: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+    """Turns the ``file`` bytes of each batch into a numpy array of str."""
+    for batch in batches:
+        batch["file"] = np.array([f.decode() for f in batch["file"]])
+        yield batch
+
+
+def _read(prepared: PreparedData, split: str) -> tf.data.Dataset:
+    """The split's examples in their stored (fixed) order, images still encoded."""
+    return prepared.builder.as_dataset(split=split, shuffle_files=False,
+                                       decoders={"image": tfds.decode.SkipDecoding()})
+
+
+def _decode_resize(encoded: tf.Tensor, size: int) -> tf.Tensor:
+    """JPEG/PNG bytes -> float32 (size, size, 3) in [0, 255], whole image resized (aspect ignored)."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image = tf.image.resize(image, (size, size), method="bilinear", antialias=True)
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def affine_transforms(theta_degrees: tf.Tensor, shift_x: tf.Tensor, shift_y: tf.Tensor, zoom_x: tf.Tensor,
+                      zoom_y: tf.Tensor, height: int, width: int) -> tf.Tensor:
+    """Keras ``apply_affine_transform(x, theta, tx=shift_x, ty=shift_y, zx=zoom_x, zy=zoom_y)`` as (B, 8)
+    ImageProjectiveTransform rows.
+
+    As in Keras 2.x, M = rotation @ shift @ zoom maps output to input pixel coordinates (x = column,
+    y = row) about the image centre; shifts are in pixels, zoom > 1 zooms out.
+    """
+    theta = theta_degrees * (math.pi / 180.0)
+    cos, sin = tf.cos(theta), tf.sin(theta)
+    a00, a01, a02 = cos * zoom_x, -sin * zoom_y, cos * shift_x - sin * shift_y
+    a10, a11, a12 = sin * zoom_x, cos * zoom_y, sin * shift_x + cos * shift_y
+    # About the centre: C @ M @ C^-1, C translating by the centre (cx, cy). (Keras uses (h, w) for (x, y)
+    # here, the same for the square images this pipeline transforms.)
+    cx, cy = (width - 1) / 2, (height - 1) / 2
+    a02 += cx - a00 * cx - a01 * cy
+    a12 += cy - a10 * cx - a11 * cy
+    zeros = tf.zeros_like(theta)
+    return tf.stack([a00, a01, a02, a10, a11, a12, zeros, zeros], axis=1)
+
+
+def _augment(images: tf.Tensor, augment: ml_collections.ConfigDict, seed: tf.Tensor) -> tf.Tensor:
+    """Random Keras-style affine transform and horizontal flip of a float batch; returns uint8."""
+    batch = tf.shape(images)[0]
+    height, width = images.shape[1], images.shape[2]
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 6))
+    if augment.rotation_degrees or augment.width_shift or augment.height_shift or augment.zoom:
+
+        def uniform(key, limit, center=0.0):
+            return tf.random.stateless_uniform([batch], key, center - limit, center + limit)
+
+        # Keras 2.x draws the horizontal shift from height_shift_range (its x/y swap); for square images
+        # and equal ranges, as in the paper, the two are the same distribution. Here each shifts its axis.
+        transforms = affine_transforms(
+            uniform(seeds[0], augment.rotation_degrees),
+            uniform(seeds[1], augment.width_shift) * width,
+            uniform(seeds[2], augment.height_shift) * height,
+            uniform(seeds[3], augment.zoom, 1.0),
+            uniform(seeds[4], augment.zoom, 1.0),
+            height, width,
+        )
+        images = tf.raw_ops.ImageProjectiveTransformV3(
+            images=images, transforms=transforms, output_shape=[height, width], fill_value=0.0,
+            interpolation="BILINEAR", fill_mode="NEAREST")
+    if augment.horizontal_flip:
+        flip = tf.random.stateless_uniform([batch], seeds[5]) < 0.5
+        images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+    return tf.cast(tf.round(tf.clip_by_value(images, 0.0, 255.0)), tf.uint8)

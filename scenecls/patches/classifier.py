@@ -1,0 +1,127 @@
+"""``PatchClassifier``: major and secondary classes of any photo, for the CLI and for embedding."""
+
+import functools
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from scenecls import checkpoints
+from scenecls.data.images import load_rgb
+from scenecls.models import Classifier
+from scenecls.patches.engines import Analysis, PatchFn, SharedModel, analyse_exact, model_patch_fn
+from scenecls.patches.grid import prepare_image, resize
+from scenecls.patches.summary import summarize
+from scenecls.preprocessing import mode_for_variant
+
+MODES = ("exact", "shared")
+# uint8 image (H, W, 3) -> class probabilities (num_classes,).
+ImageFn = Callable[[np.ndarray], np.ndarray]
+Analyser = Callable[[np.ndarray], Analysis]
+
+
+def _whole_image_probs(patch_fn: PatchFn, size: int, image: np.ndarray) -> np.ndarray:
+    """Probabilities of the whole image squeezed to one ``size`` square."""
+    return np.asarray(patch_fn(resize(image, size, size)[None]))[0]
+
+
+class PatchClassifier:
+    """Classifies every patch of an image and reports coverage, major and secondary classes.
+
+    Build it with ``from_workdir`` (a trained run), ``from_model`` or ``from_patch_fn`` (any function
+    from uint8 patches to probabilities, e.g. an oracle in tests); ``predict`` returns the JSON fields.
+    """
+
+    def __init__(self, classes: Sequence[str], patch_config: ml_collections.ConfigDict, analyse: Analyser,
+                 whole_image: ImageFn):
+        """Low-level: ``analyse`` maps a prepared image to patch probabilities, ``whole_image`` to one."""
+        if patch_config.mode not in MODES:
+            raise ValueError(f"patch.mode must be one of {MODES}, got {patch_config.mode!r}")
+        if not 0 < patch_config.stride <= patch_config.size:
+            raise ValueError(f"need 0 < patch.stride <= patch.size (every pixel covered), got "
+                             f"stride={patch_config.stride}, size={patch_config.size}")
+        self.classes = tuple(classes)
+        self.patch_config = patch_config
+        self._analyse, self._whole_image = analyse, whole_image
+
+    @classmethod
+    def from_patch_fn(cls, patch_fn: PatchFn, classes: Sequence[str], patch_config: ml_collections.ConfigDict,
+                      whole_image: ImageFn | None = None) -> "PatchClassifier":
+        """Exact mode with an injected patch function; the whole image defaults to one squeezed patch."""
+        if patch_config.mode == "shared":
+            raise ValueError("shared mode needs a model (from_model); a patch function supports only 'exact'")
+        size = patch_config.size
+        analyse = functools.partial(analyse_exact, patch_fn=patch_fn, size=size, stride=patch_config.stride,
+                                    chunk_size=patch_config.chunk_size)
+        whole_image = whole_image or functools.partial(_whole_image_probs, patch_fn, size)
+        return cls(classes, patch_config, analyse, whole_image)
+
+    @classmethod
+    def from_model(cls, model: Classifier, variables: Any, classes: Sequence[str],
+                   config: ml_collections.ConfigDict,
+                   patch_config: ml_collections.ConfigDict | None = None) -> "PatchClassifier":
+        """A model trained with ``config`` (its image_size and variant); patches per ``patch_config``.
+
+        ``patch_config`` defaults to ``config.patch``.
+        """
+        patch_config = config.patch if patch_config is None else patch_config
+        mode, image_size = mode_for_variant(config.model.variant), config.image_size
+        patch_fn = model_patch_fn(model, variables, image_size, mode)
+        whole_image = functools.partial(_whole_image_probs, patch_fn, image_size)
+        if patch_config.mode != "shared":
+            return cls.from_patch_fn(patch_fn, classes, patch_config, whole_image)
+        shared = SharedModel(model, variables, image_size, mode)
+        analyse = functools.partial(shared.analyse, size=patch_config.size, stride=patch_config.stride,
+                                    chunk_size=patch_config.chunk_size)
+        return cls(classes, patch_config, analyse, whole_image)
+
+    @classmethod
+    def from_workdir(cls, workdir: str,
+                     patch_config: ml_collections.ConfigDict | None = None) -> "PatchClassifier":
+        """The best checkpoint of a trained workdir, its classes; ``patch_config`` default: the run's."""
+        trained = checkpoints.load_for_inference(workdir)
+        return cls.from_model(trained.model, trained.variables, trained.classes, trained.config, patch_config)
+
+    def predict(self, image_or_path: str | os.PathLike | np.ndarray) -> dict[str, Any]:
+        """Patch predictions, coverage, major/secondary and whole-image class of one image.
+
+        Accepts a path (any format ``load_rgb`` reads; raises its ``ImageError``) or a uint8 (H, W, 3)
+        array. Boxes are in the original image's pixels.
+        """
+        start = time.perf_counter()
+        if isinstance(image_or_path, np.ndarray):
+            path, image = None, image_or_path
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+                raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+        else:
+            path = os.fspath(image_or_path)
+            image = load_rgb(path)
+        config = self.patch_config
+        prepared, notes = prepare_image(image, config.size, config.image_scale)
+        analysis = self._analyse(prepared)
+        whole = self._whole_image(image)
+        summary = summarize(analysis.probs, self.classes, config.secondary_threshold)
+        height, width = image.shape[:2]
+        scale = np.array([width / prepared.shape[1], height / prepared.shape[0]] * 2)
+        boxes = np.clip(np.rint(analysis.boxes * scale), 0, [width, height] * 2).astype(int)
+        patches = [{"box": box.tolist(), "class": self.classes[label], "confidence": float(probs[label])}
+                   for box, label, probs in zip(boxes, summary["labels"], analysis.probs, strict=True)]
+        return {
+            "image": path,
+            "width": width,
+            "height": height,
+            "classes": list(self.classes),
+            "patch": {"size": config.size, "stride": config.stride, "mode": config.mode},
+            "grid": {"rows": analysis.rows, "cols": analysis.cols},
+            "patches": patches,
+            "coverage": summary["coverage"],
+            "prob_coverage": summary["prob_coverage"],
+            "major": summary["major"],
+            "secondary": summary["secondary"],
+            "whole_image": {"class": self.classes[int(whole.argmax())], "confidence": float(whole.max())},
+            "seconds": time.perf_counter() - start,
+            "notes": notes + list(analysis.notes),
+        }

@@ -1,0 +1,156 @@
+"""The two ways of getting patch probabilities: exact (every patch through the whole model) and shared.
+
+Exact mode crops patches on the host one fixed-size chunk at a time (the last chunk zero-padded), so a
+single compiled function serves every image size and memory stays at one chunk of patches however large
+the photo. Each patch is resized to the model's input size (``config.image_size``) inside that function
+when ``patch.size`` differs, so the model always sees the scale it was trained at.
+
+Shared mode runs the backbone once on the whole image and the head on each patch's window of the feature
+map. It is an approximation of exact mode:
+
+- the image is scaled by ``image_size / patch.size`` and then to multiples of 32 px (at most 16 px
+  distortion per side), so a patch is exactly ``image_size / 32`` feature cells;
+- a window's features see context beyond the patch (the backbone's receptive field), and the backbone
+  zero-pads only at the image border, not at patch borders (the head still zero-pads at window borders,
+  as it does for a lone patch);
+- the stride is rounded to whole cells (32 px at model scale), ties towards the denser grid;
+- images whose model-scale size exceeds ``SHARED_MAX_PIXELS`` are shrunk to it (the backbone's activations
+  on the whole image are what costs memory), so their patches cover more of the photo; set
+  ``patch.image_scale`` to control this. Each distinct feature-map size compiles the backbone once.
+"""
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scenecls.models import Classifier
+from scenecls.models.resnet import FEATURE_STRIDE
+from scenecls.patches.grid import patch_grid, resize
+from scenecls.preprocessing import preprocess
+
+# uint8 patches (n, size, size, 3) -> class probabilities (n, num_classes).
+PatchFn = Callable[[np.ndarray], Any]
+SHARED_MAX_PIXELS = 4096 * 3072  # a 12.6 Mpx phone photo: about 3 GB of backbone activations (ResNet-50)
+
+
+class Analysis(NamedTuple):
+    """Patch probabilities of one image; boxes (n, 4) float [x0, y0, x1, y1] in that image's pixels."""
+
+    boxes: np.ndarray
+    rows: int
+    cols: int
+    probs: np.ndarray
+    notes: tuple[str, ...] = ()
+
+
+def _chunks(n: int, chunk_size: int) -> range:
+    if chunk_size < 1:
+        raise ValueError(f"patch.chunk_size must be >= 1, got {chunk_size}")
+    return range(0, n, chunk_size)
+
+
+def analyse_exact(image: np.ndarray, patch_fn: PatchFn, size: int, stride: int, chunk_size: int) -> Analysis:
+    """Classifies every ``size`` patch of ``image`` (``stride`` px apart) with ``patch_fn``, by chunks."""
+    grid = patch_grid(image.shape[0], image.shape[1], size, stride)
+    outputs = []
+    for start in _chunks(len(grid.boxes), chunk_size):
+        boxes = grid.boxes[start:start + chunk_size]
+        chunk = np.zeros((chunk_size, size, size, 3), np.uint8)  # new: the device may still read the last
+        for i, (x0, y0, x1, y1) in enumerate(boxes):
+            chunk[i] = image[y0:y1, x0:x1]
+        outputs.append((patch_fn(chunk), len(boxes)))  # asynchronous: crop the next chunk meanwhile
+    probs = np.concatenate([np.asarray(out)[:count] for out, count in outputs])
+    return Analysis(boxes=grid.boxes.astype(np.float64), rows=grid.rows, cols=grid.cols, probs=probs)
+
+
+def _classify_patch(model: Classifier, image_size: int, preprocess_mode: str, variables: Any,
+                    patch: jnp.ndarray) -> jnp.ndarray:
+    """Class probabilities of one uint8 (s, s, 3) patch, resized to the model's input size if needed."""
+    x = patch.astype(jnp.float32)
+    if x.shape[:2] != (image_size, image_size):
+        x = jax.image.resize(x, (image_size, image_size, 3), "bilinear")
+    logits = model.apply(variables, preprocess(x, preprocess_mode)[None])[0]
+    return jax.nn.softmax(logits.astype(jnp.float32))
+
+
+def model_patch_fn(model: Classifier, variables: Any, image_size: int, preprocess_mode: str) -> PatchFn:
+    """The exact-mode patch function of a model: one jitted function, vmapped over a chunk of patches."""
+    batched = jax.jit(jax.vmap(functools.partial(_classify_patch, model, image_size, preprocess_mode),
+                               in_axes=(None, 0)))
+    return functools.partial(batched, variables)
+
+
+def _features(model: Classifier, preprocess_mode: str, variables: Any, image: jnp.ndarray) -> jnp.ndarray:
+    """The backbone's feature map of one uint8 image (1, H/32, W/32, C)."""
+    return model.apply(variables, preprocess(image[None], preprocess_mode), method=Classifier.features)
+
+
+def _classify_windows(model: Classifier, window: int, variables: Any, features: jnp.ndarray,
+                      starts: jnp.ndarray) -> jnp.ndarray:
+    """Head probabilities of the ``window``-cell squares of ``features`` (1, h, w, C) at ``starts`` (n, 2)."""
+
+    def one(start: jnp.ndarray) -> jnp.ndarray:
+        shape = (window, window, features.shape[-1])
+        cells = jax.lax.dynamic_slice(features[0], (start[0], start[1], 0), shape)
+        logits = model.apply(variables, cells[None], method=Classifier.classify)[0]
+        return jax.nn.softmax(logits.astype(jnp.float32))
+
+    return jax.vmap(one)(starts)
+
+
+class SharedModel:
+    """Shared-feature analysis with a model: the backbone once per image, the head once per window."""
+
+    def __init__(self, model: Classifier, variables: Any, image_size: int, preprocess_mode: str,
+                 max_pixels: int = SHARED_MAX_PIXELS):
+        if image_size % FEATURE_STRIDE:
+            raise ValueError(f"shared mode needs config.image_size divisible by {FEATURE_STRIDE}, "
+                             f"got {image_size}")
+        self.variables, self.image_size, self.max_pixels = variables, image_size, max_pixels
+        self.window = image_size // FEATURE_STRIDE
+        self._features = jax.jit(functools.partial(_features, model, preprocess_mode))
+        self._classify = jax.jit(functools.partial(_classify_windows, model, self.window))
+
+    def model_scale_size(self, height: int, width: int, patch_size: int) -> tuple[tuple[int, int], list[str]]:
+        """Size (multiples of 32 px) the backbone sees so a patch is ``window`` cells, and notes."""
+        ratio = self.image_size / patch_size
+        cells_h, cells_w = (max(self.window, round(s * ratio / FEATURE_STRIDE)) for s in (height, width))
+        notes = []
+        if cells_h * cells_w * FEATURE_STRIDE**2 > self.max_pixels:
+            shrink = math.sqrt(self.max_pixels / (cells_h * cells_w * FEATURE_STRIDE**2))
+            cells_h, cells_w = (max(self.window, math.floor(c * shrink)) for c in (cells_h, cells_w))
+            notes.append(f"shared mode: analysed at {cells_w * FEATURE_STRIDE}x{cells_h * FEATURE_STRIDE} px "
+                         f"(memory cap {self.max_pixels / 1e6:.1f} Mpx), so patches cover "
+                         f"{1 / shrink:.2f}x more of the image; set patch.image_scale to choose the scale")
+        return (cells_h * FEATURE_STRIDE, cells_w * FEATURE_STRIDE), notes
+
+    def stride_cells(self, stride: int, patch_size: int) -> int:
+        """The stride in feature cells: nearest whole cell at model scale, ties to the smaller stride."""
+        return max(1, math.ceil(stride * self.image_size / patch_size / FEATURE_STRIDE - 0.5))
+
+    def analyse(self, image: np.ndarray, size: int, stride: int, chunk_size: int) -> Analysis:
+        """Patch probabilities of ``image`` with the backbone run once (see the module docstring)."""
+        height, width = image.shape[:2]
+        (model_h, model_w), notes = self.model_scale_size(height, width, size)
+        features = self._features(self.variables, resize(image, model_h, model_w))
+        step = self.stride_cells(stride, size)
+        effective_stride = step * FEATURE_STRIDE * size / self.image_size
+        if effective_stride != stride:
+            notes.append(f"shared mode: stride {stride} px rounded to {effective_stride:g} px "
+                         f"({step} feature cells)")
+        grid = patch_grid(features.shape[1], features.shape[2], self.window, step)
+        starts = grid.boxes[:, [1, 0]].astype(np.int32)  # (row, col) cell offsets
+        outputs = []
+        for start in _chunks(len(starts), chunk_size):
+            chunk = np.zeros((chunk_size, 2), np.int32)
+            chunk[:len(starts[start:start + chunk_size])] = starts[start:start + chunk_size]
+            outputs.append(self._classify(self.variables, features, chunk))
+        probs = np.concatenate([np.asarray(out) for out in outputs])[:len(starts)]
+        cell_px = FEATURE_STRIDE * np.array([width / model_w, height / model_h] * 2)
+        return Analysis(boxes=grid.boxes * cell_px, rows=grid.rows, cols=grid.cols, probs=probs,
+                        notes=tuple(notes))
