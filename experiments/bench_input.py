@@ -66,15 +66,19 @@ def main() -> None:
         tf.zeros(1).numpy()  # start TensorFlow's runtime outside the timed preparation
         start, cpu_start = time.perf_counter(), time.process_time()
         prepared = builder.prepare(config.data, tmp)
-        prepare_rate = (args.num_images / (time.perf_counter() - start),
-                        args.num_images / (time.process_time() - cpu_start))
+        prepare_rate = (
+            args.num_images / (time.perf_counter() - start),
+            args.num_images / (time.process_time() - cpu_start),
+        )
         _throughput(lambda e: pipeline.train_batches(prepared, config, epoch=e), 1)  # warm-up
         train_rate = _throughput(lambda e: pipeline.train_batches(prepared, config, epoch=e), args.epochs)
         config.augment.update(rotation_degrees=0.0, width_shift=0.0, height_shift=0.0, zoom=0.0)
         no_affine_rate = _throughput(lambda e: pipeline.train_batches(prepared, config, epoch=e), args.epochs)
         eval_rate = _throughput(lambda e: pipeline.eval_batches(prepared, "train", config), args.epochs)
-    print(f"\n{args.num_images} JPEGs of {args.photo_size[1]}x{args.photo_size[0]} ({megabytes:.0f} MB), "
-          f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}:")
+    print(
+        f"\n{args.num_images} JPEGs of {args.photo_size[1]}x{args.photo_size[0]} ({megabytes:.0f} MB), "
+        f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}:"
+    )
     print(f"  {'':56} {'images/s':>9} {'per CPU-s':>10}")
     for name, (rate, per_cpu_second) in [
         ("preparation (decode, EXIF, resize to 256, tfds write)", prepare_rate),

@@ -29,6 +29,11 @@ def _time(fn, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def _loss_of_step(step, state, step_args):
+    """Runs a train step and returns its loss (the value to wait for)."""
+    return step(state, *step_args)[1]["loss"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=5)
@@ -42,8 +47,10 @@ def main() -> None:
     model = build_classifier(config.model, num_classes)
     variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))
     rng = np.random.default_rng(0)
-    batch = {"image": jnp.asarray(rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)),
-             "label": jnp.asarray(rng.integers(0, num_classes, (batch_size,)), jnp.int32)}
+    batch = {
+        "image": jnp.asarray(rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)),
+        "label": jnp.asarray(rng.integers(0, num_classes, (batch_size,)), jnp.int32),
+    }
 
     forward = jax.jit(lambda v, x: model.apply(v, preprocess(x, "caffe")))
     results = {"forward": batch_size / _time(lambda: forward(variables, batch["image"]), args.steps)}
@@ -51,13 +58,19 @@ def main() -> None:
         labels = freeze.param_labels(variables["params"], variables["batch_stats"], config[stage].trainable)
         boundary = freeze.gradient_boundary(labels, block_names(config.model.stage_sizes))
         stage_model = build_classifier(config.model, num_classes, gradient_boundary=boundary)
-        state = train.TrainState.create(apply_fn=stage_model.apply, params=variables["params"],
-                                        tx=train.make_optimizer(labels), batch_stats=variables["batch_stats"])
+        state = train.TrainState.create(
+            apply_fn=stage_model.apply,
+            params=variables["params"],
+            tx=train.make_optimizer(labels),
+            batch_stats=variables["batch_stats"],
+        )
         step = jax.jit(functools.partial(train.train_step, preprocess_mode="caffe", batchnorm_train=False))
         args_ = (batch, jnp.float32(1e-5), jax.random.PRNGKey(0), jnp.ones((num_classes,)))
-        results[stage] = batch_size / _time(lambda: step(state, *args_)[1]["loss"], args.steps)
-    print(f"ResNet-50 + {config.model.head} head, {size}px, batch {batch_size}, {args.dtype}, "
-          f"{jax.devices()[0].platform}:")
+        results[stage] = batch_size / _time(functools.partial(_loss_of_step, step, state, args_), args.steps)
+    print(
+        f"ResNet-50 + {config.model.head} head, {size}px, batch {batch_size}, {args.dtype}, "
+        f"{jax.devices()[0].platform}:"
+    )
     for name, rate in results.items():
         print(f"  {name:8s} {rate:7.1f} images/s")
 

@@ -8,7 +8,12 @@ from scenecls.config import default_config
 # Keras' last 30 layers of ResNet-50 + GAP head: GAP, dense and 28 backbone layers
 # (conv5_block2, conv5_block3 and the tail of conv5_block1: its 0_conv and 3_conv
 # plus BatchNorms, which stay frozen).
-_GAP_TAIL = ("^head/", "^backbone/conv5_block1_[03]_conv/", "^backbone/conv5_block2_", "^backbone/conv5_block3_")
+_GAP_TAIL = (
+    "^head/",
+    "^backbone/conv5_block1_[03]_conv/",
+    "^backbone/conv5_block2_",
+    "^backbone/conv5_block3_",
+)
 
 # version: (head, stage-1 lr, stage-1 epochs, stage-2 lr, stage-2 epochs); test accuracy in the paper.
 VERSIONS = {

@@ -31,14 +31,20 @@ def table(rows: list[tuple[str, dict]]) -> str:
     """A fixed-width table of the metrics of each run."""
     lines = [f"{'run':<28}" + "".join(f"{c:>14}" for c in COLUMNS)]
     for name, metrics in rows:
-        cells = "".join(f"{metrics[c]:>14.4f}" if isinstance(metrics.get(c), float) else f"{'-':>14}" for c in COLUMNS)
+        cells = "".join(
+            f"{metrics[c]:>14.4f}" if isinstance(metrics.get(c), float) else f"{'-':>14}" for c in COLUMNS
+        )
         lines.append(f"{name:<28}{cells}")
     return "\n".join(lines)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", required=True, help="comma-separated config files (file.py or file.py:arg)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--configs", required=True, help="comma-separated config files (file.py or file.py:arg)"
+    )
     parser.add_argument("--root", required=True, help="parent directory of the runs' workdirs")
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
@@ -46,8 +52,15 @@ def main() -> int:
     for config in args.configs.split(","):
         name = run_name(config)
         workdir = os.path.join(args.root, name)
-        command = [sys.executable, "-m", "scenecls.main", f"--config={config}", f"--workdir={workdir}",
-                   "--mode=train", *extra]
+        command = [
+            sys.executable,
+            "-m",
+            "scenecls.main",
+            f"--config={config}",
+            f"--workdir={workdir}",
+            "--mode=train",
+            *extra,
+        ]
         print("$", " ".join(command), flush=True)
         if subprocess.run(command).returncode != 0:
             failed.append(name)

@@ -93,8 +93,9 @@ def read_run_config(workdir: str) -> tuple[ml_collections.ConfigDict, tuple[str,
         with open(os.path.join(workdir, "classes.json")) as f:
             classes = tuple(json.load(f))
     except FileNotFoundError as e:
-        raise WorkdirError(f"{workdir}: no trained run here ({os.path.basename(e.filename)} missing); "
-                           "run --mode=train first") from None
+        raise WorkdirError(
+            f"{workdir}: no trained run here ({os.path.basename(e.filename)} missing); run --mode=train first"
+        ) from None
     except (json.JSONDecodeError, TypeError) as e:
         raise WorkdirError(f"{workdir}: unreadable run metadata ({e})") from None
     return config, classes
@@ -113,8 +114,9 @@ def check_compatible(workdir: str, config: ml_collections.ConfigDict, classes: t
         if _plain(old) != _plain(new):
             problems.append(f"model.{field} {old!r} != {new!r}")
     if problems:
-        raise WorkdirError(f"{workdir} holds a run with a different setup ({'; '.join(problems)}); "
-                           "use a new --workdir")
+        raise WorkdirError(
+            f"{workdir} holds a run with a different setup ({'; '.join(problems)}); use a new --workdir"
+        )
 
 
 def _plain(value: Any) -> Any:

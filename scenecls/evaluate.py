@@ -34,7 +34,10 @@ def eval_step(
 
 
 def predict_split(
-    model: Classifier, variables: dict[str, Any], batches: Iterator[dict[str, np.ndarray]], preprocess_mode: str
+    model: Classifier,
+    variables: dict[str, Any],
+    batches: Iterator[dict[str, np.ndarray]],
+    preprocess_mode: str,
 ) -> dict[str, Any]:
     """Runs a masked eval iterator; returns files, labels, probs (padding dropped) and mean loss/accuracy."""
     step = jax.jit(functools.partial(eval_step, model=model, preprocess_mode=preprocess_mode))
@@ -58,7 +61,9 @@ def predict_split(
     }
 
 
-def evaluation_data(config: ml_collections.ConfigDict, workdir: str, classes: tuple[str, ...]) -> tuple[Any, str]:
+def evaluation_data(
+    config: ml_collections.ConfigDict, workdir: str, classes: tuple[str, ...]
+) -> tuple[Any, str]:
     """The prepared data and split to evaluate on: the run's test split, or all of eval.source_dir."""
     if not config.eval.source_dir:
         return builder.prepare(config.data, workdir), "test"
@@ -76,15 +81,21 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     trained = checkpoints.load_for_inference(workdir)
     prepared, split = evaluation_data(config, workdir, trained.classes)
     if tuple(prepared.classes) != tuple(trained.classes):
-        raise checkpoints.WorkdirError(f"evaluation data classes {list(prepared.classes)} differ from the "
-                                       f"model's {list(trained.classes)}")
+        raise checkpoints.WorkdirError(
+            f"evaluation data classes {list(prepared.classes)} differ from the "
+            f"model's {list(trained.classes)}"
+        )
     eval_config = ml_collections.ConfigDict(config.to_dict())
     eval_config.image_size = trained.config.image_size
     mode = mode_for_variant(trained.config.model.variant)
-    result = predict_split(trained.model, trained.variables,
-                                 pipeline.eval_batches(prepared, split, eval_config), mode)
+    result = predict_split(
+        trained.model, trained.variables, pipeline.eval_batches(prepared, split, eval_config), mode
+    )
     out_dir = os.path.join(workdir, "eval")
-    test_metrics = reports.evaluate_predictions(out_dir, result["files"], result["labels"], result["probs"],
-                                                trained.classes)
-    logging.info("Evaluation on %d %s examples:\n%s", len(result["files"]), split, metrics.format_report(test_metrics))
+    test_metrics = reports.evaluate_predictions(
+        out_dir, result["files"], result["labels"], result["probs"], trained.classes
+    )
+    logging.info(
+        "Evaluation on %d %s examples:\n%s", len(result["files"]), split, metrics.format_report(test_metrics)
+    )
     return test_metrics

@@ -34,7 +34,9 @@ def param_labels(
     Raises ValueError when a rule matches no parameter.
     """
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
-    batchnorm_modules = {path[:-1] for path in flax.traverse_util.flatten_dict(flax.core.unfreeze(batch_stats))}
+    batchnorm_modules = {
+        path[:-1] for path in flax.traverse_util.flatten_dict(flax.core.unfreeze(batch_stats))
+    }
     patterns = [re.compile(rule) for rule in trainable]
     used = [False] * len(patterns)
     labels = {}
@@ -45,10 +47,12 @@ def param_labels(
             used[i] = True
         is_frozen_bn = path[:-1] in batchnorm_modules and not train_batchnorm
         labels[path] = TRAINABLE if hits and not is_frozen_bn else FROZEN
-    unused = [rule for rule, hit in zip(trainable, used) if not hit]
+    unused = [rule for rule, hit in zip(trainable, used, strict=False) if not hit]
     if unused:
-        raise ValueError(f"trainable rule(s) {unused} match no parameter; parameter paths look like "
-                         f"{path_name(next(iter(flat)))!r}")
+        raise ValueError(
+            f"trainable rule(s) {unused} match no parameter; parameter paths look like "
+            f"{path_name(next(iter(flat)))!r}"
+        )
     return flax.traverse_util.unflatten_dict(labels)
 
 
@@ -65,7 +69,8 @@ def gradient_boundary(labels: Any, block_names: Sequence[str]) -> str | None:
     stem (conv1) trains, i.e. full backprop is needed.
     """
     backbone = [
-        path[1] for path, label in flax.traverse_util.flatten_dict(labels).items()
+        path[1]
+        for path, label in flax.traverse_util.flatten_dict(labels).items()
         if path[0] == "backbone" and label == TRAINABLE
     ]
     if not backbone:
@@ -83,7 +88,9 @@ def log_trainable(stage: str, labels: Any, params: Any) -> str:
     count = sum(flat_params[p].size for p, label in flat_labels.items() if label == TRAINABLE)
     total = sum(leaf.size for leaf in flat_params.values())
     layers = sorted({name.rsplit("/", 1)[0] for name in names})
-    text = (f"{stage}: training {count:,} of {total:,} parameters ({len(names)} tensors in "
-            f"{len(layers)} layers): {', '.join(layers)}")
+    text = (
+        f"{stage}: training {count:,} of {total:,} parameters ({len(names)} tensors in "
+        f"{len(layers)} layers): {', '.join(layers)}"
+    )
     logging.info(text)
     return text

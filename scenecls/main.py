@@ -4,9 +4,11 @@ Modes: ``train`` (prepare data, two-stage training, then test evaluation),
 ``evaluate`` (best checkpoint on the test split or --config.eval.source_dir),
 ``infer`` (patch-based major/secondary classes of --config.infer.inputs),
 ``prepare`` (only build the dataset and print its report) and ``synth``
-(write the synthetic demo dataset to <workdir>/synthetic_source).
+(write the synthetic demo dataset to <workdir>/synthetic_source,
+to see the expected folder layout).
 """
 
+import logging as std_logging
 import os
 import sys
 
@@ -14,11 +16,21 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/default.py; override fields with --config.a.b=v.", lock_config=True
+    "config",
+    None,
+    "Config file, e.g. configs/default.py; override fields with --config.a.b=v.",
+    lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for prepared data, checkpoints and outputs.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "infer", "prepare", "synth"], "What to do.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietLibraries(std_logging.Filter):
+    """Drops INFO chatter of orbax (it logs through absl too); warnings still pass."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
 def main(argv: list[str]) -> int:
@@ -32,13 +44,16 @@ def main(argv: list[str]) -> int:
     import jax
 
     # Persistent compilation cache: the second run of any command skips XLA compilation.
-    cache_dir = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "scenecls", "jax")
+    cache_dir = os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "scenecls", "jax"
+    )
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
     from scenecls import evaluate, patches, train
-    from scenecls.data import builder, synthetic
+    from scenecls.data import builder
 
+    logging.get_absl_handler().addFilter(_QuietLibraries())
     config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
     os.makedirs(workdir, exist_ok=True)
     logging.info("JAX devices: %s", jax.devices())
@@ -52,9 +67,9 @@ def main(argv: list[str]) -> int:
         elif mode == "prepare":
             builder.prepare(config.data, workdir)
         elif mode == "synth":
-            out_dir = os.path.join(workdir, "synthetic_source")
-            synthetic.write_dataset(out_dir, per_class=max(config.data.synthetic_per_class, 1), seed=config.seed)
-            print(f"Synthetic dataset written to {out_dir}")
+            if not config.data.synthetic_per_class:
+                raise ValueError("--mode=synth needs --config.data.synthetic_per_class=N (images per class)")
+            print(f"Synthetic dataset in {builder.resolve_source_dir(config.data, workdir)}")
     except (ValueError, OSError) as e:  # Expected failures (bad input) end with one line, not a traceback.
         logging.debug("Failure details", exc_info=True)
         print(f"scenecls: error: {e}", file=sys.stderr)

@@ -22,7 +22,8 @@ def compute_metrics(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str
     if absent:
         logging.warning("Classes absent from the labels (support 0, F1 0 in the macro F1): %s", absent)
     precision, recall, f1, support = skm.precision_recall_fscore_support(
-        labels, predicted, labels=class_ids, zero_division=0)
+        labels, predicted, labels=class_ids, zero_division=0
+    )
     counts = skm.confusion_matrix(labels, predicted, labels=class_ids)
     return {
         "accuracy": float(skm.accuracy_score(labels, predicted)),
@@ -31,8 +32,12 @@ def compute_metrics(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str
         "top2_accuracy": _top2_accuracy(labels, probs),
         "auc_ovr": _auc_ovr(labels, probs, absent),
         "per_class": {
-            name: {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
-                   "support": int(support[c])}
+            name: {
+                "precision": float(precision[c]),
+                "recall": float(recall[c]),
+                "f1": float(f1[c]),
+                "support": int(support[c]),
+            }
             for c, name in enumerate(classes)
         },
         "confusion_matrix": {"counts": counts.tolist(), "normalized": row_normalized(counts).tolist()},
@@ -65,34 +70,44 @@ def format_report(metrics: dict[str, Any]) -> str:
     ]
     for name in classes:
         row = metrics["per_class"][name]
-        lines.append(f"{name:<{width}} {row['precision']:>9.4f} {row['recall']:>7.4f} {row['f1']:>7.4f} "
-                     f"{row['support']:>8d}")
+        lines.append(
+            f"{name:<{width}} {row['precision']:>9.4f} {row['recall']:>7.4f} {row['f1']:>7.4f} "
+            f"{row['support']:>8d}"
+        )
     cell = max([6] + [len(name) for name in classes])
-    lines += ["", "confusion matrix (rows: true, columns: predicted)",
-              " " * width + "".join(f" {name:>{cell}}" for name in classes)]
+    lines += [
+        "",
+        "confusion matrix (rows: true, columns: predicted)",
+        " " * width + "".join(f" {name:>{cell}}" for name in classes),
+    ]
     for name, row in zip(classes, metrics["confusion_matrix"]["counts"], strict=True):
         lines.append(f"{name:<{width}}" + "".join(f" {count:>{cell}d}" for count in row))
     return "\n".join(lines)
 
 
-def check_predictions(labels: np.ndarray, probs: np.ndarray,
-                      classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def check_predictions(
+    labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
     """Labels and probabilities as arrays, or a ValueError saying what does not fit ``classes``."""
     if len(set(classes)) != len(classes):
         raise ValueError(f"class names must be unique, got {list(classes)}")
     labels = np.asarray(labels)
     probs = np.asarray(probs)
     if probs.ndim != 2 or probs.shape[1] != len(classes):
-        raise ValueError(f"probabilities must have shape (examples, {len(classes)} classes), "
-                         f"got {probs.shape}")
+        raise ValueError(
+            f"probabilities must have shape (examples, {len(classes)} classes), got {probs.shape}"
+        )
     if labels.shape != (probs.shape[0],):
-        raise ValueError(f"labels must have shape ({probs.shape[0]},) to match the probabilities, "
-                         f"got {labels.shape}")
+        raise ValueError(
+            f"labels must have shape ({probs.shape[0]},) to match the probabilities, got {labels.shape}"
+        )
     if labels.size == 0:
         raise ValueError("no examples to compute metrics on")
     if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= len(classes):
-        raise ValueError(f"labels must be integers in [0, {len(classes)}), got {labels.dtype} "
-                         f"in [{labels.min()}, {labels.max()}]")
+        raise ValueError(
+            f"labels must be integers in [0, {len(classes)}), got {labels.dtype} "
+            f"in [{labels.min()}, {labels.max()}]"
+        )
     return labels, probs
 
 
@@ -120,5 +135,6 @@ def _auc_ovr(labels: np.ndarray, probs: np.ndarray, absent: list[str]) -> float 
         return None
     if num_classes == 2:
         return float(skm.roc_auc_score(labels, probs[:, 1]))
-    return float(skm.roc_auc_score(labels, probs, multi_class="ovr", average="macro",
-                                   labels=list(range(num_classes))))
+    return float(
+        skm.roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=list(range(num_classes)))
+    )

@@ -19,8 +19,12 @@ from scenecls import metrics
 _DPI = 120
 
 
-def plot_confusion_matrix(counts: Sequence[Sequence[int]], classes: Sequence[str], path: str,
-                          normalized: Sequence[Sequence[float]] | None = None) -> None:
+def plot_confusion_matrix(
+    counts: Sequence[Sequence[int]],
+    classes: Sequence[str],
+    path: str,
+    normalized: Sequence[Sequence[float]] | None = None,
+) -> None:
     """Heatmap of the confusion matrix: colour = row-normalised share, text = count and row %."""
     counts = np.asarray(counts, dtype=np.int64)
     shares = metrics.row_normalized(counts) if normalized is None else np.asarray(normalized, np.float64)
@@ -38,8 +42,15 @@ def plot_confusion_matrix(counts: Sequence[Sequence[int]], classes: Sequence[str
     fontsize = 10 if len(classes) <= 8 else 7
     for (row, col), count in np.ndenumerate(counts):
         color = "white" if shares[row, col] > 0.5 else "black"
-        ax.text(col, row, f"{count}\n{100 * shares[row, col]:.1f}%", ha="center", va="center", color=color,
-                fontsize=fontsize)
+        ax.text(
+            col,
+            row,
+            f"{count}\n{100 * shares[row, col]:.1f}%",
+            ha="center",
+            va="center",
+            color=color,
+            fontsize=fontsize,
+        )
     _save(fig, path)
 
 
@@ -56,8 +67,12 @@ def plot_roc(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], path
     for c, name in enumerate(classes):
         positives = labels == c
         if positives.all() or not positives.any():
-            ax.plot([], [], linestyle="none", label=f"{name} (no ROC: {int(positives.sum())} of "
-                                                     f"{labels.size} examples)")
+            ax.plot(
+                [],
+                [],
+                linestyle="none",
+                label=f"{name} (no ROC: {int(positives.sum())} of {labels.size} examples)",
+            )
             continue
         fpr, tpr, _ = skm.roc_curve(positives, probs[:, c])
         auc = skm.roc_auc_score(positives, probs[:, c])
@@ -86,8 +101,11 @@ def plot_curves(history: Mapping[str, Sequence[Mapping[str, Any]]], path: str) -
     for ax, metric, title in ((axes[0], "accuracy", "Accuracy"), (axes[1], "loss", "Loss")):
         lines = ((metric, "train", "tab:blue"), (f"val_{metric}", "validation", "tab:orange"))
         for key, label, color in lines:
-            epochs = [start + record["epoch"] for (_, records), (start, _) in zip(stages, spans, strict=True)
-                      for record in records]
+            epochs = [
+                start + record["epoch"]
+                for (_, records), (start, _) in zip(stages, spans, strict=True)
+                for record in records
+            ]
             values = [_value(record, key) for _, records in stages for record in records]
             ax.plot(epochs, values, color=color, marker="o", markersize=3, label=label)
         for index, ((name, _), (start, end)) in enumerate(zip(stages, spans, strict=True)):
@@ -95,9 +113,16 @@ def plot_curves(history: Mapping[str, Sequence[Mapping[str, Any]]], path: str) -
                 ax.axvspan(start + 0.5, end + 0.5, color="grey", alpha=0.12, linewidth=0)
             if index:
                 ax.axvline(start + 0.5, color="grey", linestyle="--", linewidth=1)
-            ax.annotate(f"{name} ({end - start} ep.)", xy=(start + 0.6, 1.0),
-                        xycoords=("data", "axes fraction"), xytext=(2, -4), textcoords="offset points",
-                        va="top", fontsize=8, color="dimgrey")
+            ax.annotate(
+                f"{name} ({end - start} ep.)",
+                xy=(start + 0.6, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(2, -4),
+                textcoords="offset points",
+                va="top",
+                fontsize=8,
+                color="dimgrey",
+            )
         ax.set_title(title)
         ax.set_xlabel("Epoch (all stages)")
         ax.set_ylabel(title)

@@ -88,7 +88,9 @@ def train_step(
             )
             batch_stats = updates["batch_stats"]
         else:
-            logits = state.apply_fn(variables, images, train=True, batchnorm_train=False, rngs={"dropout": key})
+            logits = state.apply_fn(
+                variables, images, train=True, batchnorm_train=False, rngs={"dropout": key}
+            )
             batch_stats = state.batch_stats
         return weighted_cross_entropy(logits, labels, class_weights), (logits, batch_stats)
 
@@ -110,7 +112,9 @@ def train_step(
     return new_state, metrics
 
 
-def update_progress(progress: StageProgress, value: float, config: ml_collections.ConfigDict, max_epochs: int) -> bool:
+def update_progress(
+    progress: StageProgress, value: float, config: ml_collections.ConfigDict, max_epochs: int
+) -> bool:
     """Advances plateau bookkeeping after an epoch; returns True when ``value`` is a new best.
 
     Early stopping and the LR reduction follow Keras' EarlyStopping and
@@ -130,9 +134,15 @@ def update_progress(progress: StageProgress, value: float, config: ml_collection
             if new_lr < progress.learning_rate:
                 logging.info("Reducing learning rate %.3g -> %.3g", progress.learning_rate, new_lr)
             progress.learning_rate, progress.epochs_since_lr_change = new_lr, 0
-        if progress.epochs_without_improvement >= config.early_stopping.patience and progress.epochs_done < max_epochs:
-            logging.info("Early stopping: no %s improvement for %d epochs", config.early_stopping.metric,
-                         progress.epochs_without_improvement)
+        if (
+            progress.epochs_without_improvement >= config.early_stopping.patience
+            and progress.epochs_done < max_epochs
+        ):
+            logging.info(
+                "Early stopping: no %s improvement for %d epochs",
+                config.early_stopping.metric,
+                progress.epochs_without_improvement,
+            )
             progress.stopped_early = True
     return improved
 
@@ -146,12 +156,16 @@ def initial_variables(config: ml_collections.ConfigDict, num_classes: int) -> di
     )
     variables = jax.device_get(dict(variables))
     if config.pretrained in ("", "none"):
-        logging.warning("No pretrained weights (config.pretrained='none'): the backbone starts from random init.")
+        logging.warning(
+            "No pretrained weights (config.pretrained='none'): the backbone starts from random init."
+        )
         return variables
     weights_variant = pretrained.weights_variant(config.pretrained)
     if weights_variant != config.model.variant:
-        raise ValueError(f"{config.pretrained}: weights are for the {weights_variant!r} ResNet variant but "
-                         f"config.model.variant={config.model.variant!r}; set --config.model.variant={weights_variant}")
+        raise ValueError(
+            f"{config.pretrained}: weights are for the {weights_variant!r} ResNet variant but "
+            f"config.model.variant={config.model.variant!r}; set --config.model.variant={weights_variant}"
+        )
     return pretrained.merge_backbone(variables, pretrained.load_backbone(config.pretrained))
 
 
@@ -170,9 +184,16 @@ class _EpochLogger:
         rate = step * self.batch_size / max(elapsed, 1e-9)
         eta = (self.steps - step) * self.batch_size / max(rate, 1e-9)
         logging.info(
-            "%s epoch %d/%d step %d/%d: loss %.4f acc %.4f, %.1f img/s, ETA %.0fs", self.stage, self.epoch,
-            self.epochs, step, self.steps, totals["loss"] / totals["count"], totals["correct"] / totals["count"],
-            rate, eta,
+            "%s epoch %d/%d step %d/%d: loss %.4f acc %.4f, %.1f img/s, ETA %.0fs",
+            self.stage,
+            self.epoch,
+            self.epochs,
+            step,
+            self.steps,
+            totals["loss"] / totals["count"],
+            totals["correct"] / totals["count"],
+            rate,
+            eta,
         )
 
 
@@ -205,10 +226,16 @@ def _train_epoch(
 
 def _stage_summary(stage: str, records: list[dict[str, Any]], progress: StageProgress) -> str:
     """A table of a stage's epochs for the log."""
-    lines = [f"{stage} summary (best epoch {progress.best_epoch}{', stopped early' if progress.stopped_early else ''}):",
-             f"{'epoch':>5} {'loss':>8} {'acc':>7} {'val_loss':>9} {'val_acc':>8} {'lr':>9} {'img/s':>7}"]
-    lines += [f"{r['epoch']:>5} {r['loss']:>8.4f} {r['accuracy']:>7.4f} {r['val_loss']:>9.4f} "
-              f"{r['val_accuracy']:>8.4f} {r['lr']:>9.2e} {r['images_per_s']:>7.1f}" for r in records]
+    stopped = ", stopped early" if progress.stopped_early else ""
+    lines = [
+        f"{stage} summary (best epoch {progress.best_epoch}{stopped}):",
+        f"{'epoch':>5} {'loss':>8} {'acc':>7} {'val_loss':>9} {'val_acc':>8} {'lr':>9} {'img/s':>7}",
+    ]
+    lines += [
+        f"{r['epoch']:>5} {r['loss']:>8.4f} {r['accuracy']:>7.4f} {r['val_loss']:>9.4f} "
+        f"{r['val_accuracy']:>8.4f} {r['lr']:>9.2e} {r['images_per_s']:>7.1f}"
+        for r in records
+    ]
     return "\n".join(lines)
 
 
@@ -223,14 +250,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpoints.write_run_files(workdir, config, classes)
     num_classes = len(classes)
     mode = mode_for_variant(config.model.variant)
-    weights = (pipeline.class_weights(prepared.counts["train"]) if config.class_weights
-               else np.ones((num_classes,), np.float32))
-    logging.info("Class weights: %s", dict(zip(classes, np.round(weights, 4).tolist())))
+    weights = (
+        pipeline.class_weights(prepared.counts["train"])
+        if config.class_weights
+        else np.ones((num_classes,), np.float32)
+    )
+    logging.info("Class weights: %s", dict(zip(classes, np.round(weights, 4).tolist(), strict=False)))
     class_weights = jnp.asarray(weights)
     steps = pipeline.steps_per_epoch(prepared, config)
     if steps == 0:
-        raise ValueError(f"training split has {sum(prepared.counts['train'])} images, fewer than one batch of "
-                         f"{config.batch_size}; lower --config.batch_size")
+        raise ValueError(
+            f"training split has {sum(prepared.counts['train'])} images, fewer than one batch of "
+            f"{config.batch_size}; lower --config.batch_size"
+        )
 
     latest = checkpoints.latest_manager(workdir)
     resume = checkpoints.restore_meta(latest)
@@ -246,22 +278,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if stage_config.epochs <= 0:
             continue
         if variables is None:
-            variables = (_best_variables(workdir, checkpoints.STAGES[stage_index - 1]) if stage_index > 0 and resume
-                         else initial_variables(config, num_classes))
-        labels = freeze.param_labels(variables["params"], variables["batch_stats"], stage_config.trainable,
-                                     stage_config.train_batchnorm)
+            variables = (
+                _best_variables(workdir, checkpoints.STAGES[stage_index - 1])
+                if stage_index > 0 and resume
+                else initial_variables(config, num_classes)
+            )
+        labels = freeze.param_labels(
+            variables["params"],
+            variables["batch_stats"],
+            stage_config.trainable,
+            stage_config.train_batchnorm,
+        )
         freeze.log_trainable(stage, labels, variables["params"])
         boundary = freeze.gradient_boundary(labels, block_names(config.model.stage_sizes))
         logging.info("%s: gradients stop at %s", stage, boundary or "nothing (full backprop)")
         model = build_classifier(config.model, num_classes, gradient_boundary=boundary)
-        state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=make_optimizer(labels),
-                                  batch_stats=variables["batch_stats"])
+        state = TrainState.create(
+            apply_fn=model.apply,
+            params=variables["params"],
+            tx=make_optimizer(labels),
+            batch_stats=variables["batch_stats"],
+        )
         progress = StageProgress(epochs_done=0, learning_rate=stage_config.learning_rate)
         if resume and resume["stage"] == stage:
-            state = state.replace(**checkpoints.restore_state(latest, latest.latest_step(), _state_tree(state)))
+            state = state.replace(
+                **checkpoints.restore_state(latest, latest.latest_step(), _state_tree(state))
+            )
             progress = StageProgress(**resume["progress"])
-            logging.info("Resuming %s after epoch %d (checkpoint %d)", stage, progress.epochs_done,
-                         latest.latest_step())
+            logging.info(
+                "Resuming %s after epoch %d (checkpoint %d)",
+                stage,
+                progress.epochs_done,
+                latest.latest_step(),
+            )
         records = history.setdefault(stage, [])
         step_fn = jax.jit(
             functools.partial(train_step, preprocess_mode=mode, batchnorm_train=stage_config.train_batchnorm),
@@ -272,27 +321,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         while progress.epochs_done < stage_config.epochs and not progress.stopped_early:
             epoch = progress.epochs_done + 1
             global_epoch = epoch_offset + epoch
-            logger = _EpochLogger(stage, epoch, stage_config.epochs, steps, config.batch_size, config.log_every_steps)
+            logger = _EpochLogger(
+                stage, epoch, stage_config.epochs, steps, config.batch_size, config.log_every_steps
+            )
             learning_rate = progress.learning_rate
             state, train_metrics = _train_epoch(
-                state, step_fn, pipeline.train_batches(prepared, config, epoch=global_epoch),
-                progress, dropout_key, class_weights, logger,
+                state,
+                step_fn,
+                pipeline.train_batches(prepared, config, epoch=global_epoch),
+                progress,
+                dropout_key,
+                class_weights,
+                logger,
             )
             eval_variables = {"params": state.params, "batch_stats": state.batch_stats}
-            val = evaluate.predict_split(model, eval_variables, pipeline.eval_batches(prepared, "validation", config), mode)
-            record = {"epoch": epoch, **{k: train_metrics[k] for k in ("loss", "accuracy")},
-                      "val_loss": val["loss"], "val_accuracy": val["accuracy"], "lr": learning_rate,
-                      "images_per_s": train_metrics["images_per_s"]}
+            val = evaluate.predict_split(
+                model, eval_variables, pipeline.eval_batches(prepared, "validation", config), mode
+            )
+            record = {
+                "epoch": epoch,
+                **{k: train_metrics[k] for k in ("loss", "accuracy")},
+                "val_loss": val["loss"],
+                "val_accuracy": val["accuracy"],
+                "lr": learning_rate,
+                "images_per_s": train_metrics["images_per_s"],
+            }
             records.append(record)
             monitored = record[config.early_stopping.metric]
             if update_progress(progress, monitored, config, stage_config.epochs):
-                checkpoints.save(best, global_epoch, eval_variables, {"stage": stage, "epoch": epoch, **record})
-            logging.info("%s epoch %d/%d: loss %.4f acc %.4f val_loss %.4f val_acc %.4f lr %.2e (%.1f img/s)",
-                         stage, epoch, stage_config.epochs, record["loss"], record["accuracy"], record["val_loss"],
-                         record["val_accuracy"], learning_rate, record["images_per_s"])
+                checkpoints.save(
+                    best, global_epoch, eval_variables, {"stage": stage, "epoch": epoch, **record}
+                )
+            logging.info(
+                "%s epoch %d/%d: loss %.4f acc %.4f val_loss %.4f val_acc %.4f lr %.2e (%.1f img/s)",
+                stage,
+                epoch,
+                stage_config.epochs,
+                record["loss"],
+                record["accuracy"],
+                record["val_loss"],
+                record["val_accuracy"],
+                learning_rate,
+                record["images_per_s"],
+            )
             writer.scalars(global_epoch, {f"{stage}/{k}": v for k, v in record.items() if k != "epoch"})
-            checkpoints.save(latest, global_epoch, _state_tree(state),
-                             {"stage": stage, "progress": dataclasses.asdict(progress), "history": history})
+            checkpoints.save(
+                latest,
+                global_epoch,
+                _state_tree(state),
+                {"stage": stage, "progress": dataclasses.asdict(progress), "history": history},
+            )
             _write_history(workdir, history)
         logging.info("%s", _stage_summary(stage, records, progress))
         variables = _best_variables(workdir, stage)
@@ -306,8 +384,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _state_tree(state: TrainState) -> dict[str, Any]:
     """The checkpointed part of a TrainState (functions and optimizer definition excluded)."""
-    return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
-            "opt_state": state.opt_state}
+    return {
+        "step": state.step,
+        "params": state.params,
+        "batch_stats": state.batch_stats,
+        "opt_state": state.opt_state,
+    }
 
 
 def _best_variables(workdir: str, stage: str) -> dict[str, Any]:

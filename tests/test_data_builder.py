@@ -50,9 +50,12 @@ def messy_source(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("messy") / "photos")
     synthetic.write_dataset(root, per_class=8, size=(48, 64))
     os.remove(os.path.join(root, synthetic.MARKER))
-    for rel_path, content in [("Cars/zero.png", b""), ("Cars/notes_renamed.jpg", b"shopping list\n" * 20),
-                              ("Trees/corrupt.jpg", b"\xff\xd8\xff\xe0" + os.urandom(2000)),
-                              ("People/truncated.jpg", _jpeg(0)[:600])]:
+    for rel_path, content in [
+        ("Cars/zero.png", b""),
+        ("Cars/notes_renamed.jpg", b"shopping list\n" * 20),
+        ("Trees/corrupt.jpg", b"\xff\xd8\xff\xe0" + os.urandom(2000)),
+        ("People/truncated.jpg", _jpeg(0)[:600]),
+    ]:
         _write(root, rel_path, content)
     for rel_path in HIDDEN:
         _write(root, rel_path, _jpeg(1))
@@ -85,8 +88,14 @@ def test_broken_files_are_skipped_with_reasons_and_the_rest_prepared(messy):
 def test_hidden_and_non_image_files_are_ignored_and_reported(messy):
     with open(messy.report_path) as f:
         ignored = dict(json.load(f)["ignored"])
-    assert set(ignored) == {".DS_Store", "Cars/.DS_Store", "Cars/._cars_0000.jpg", "Trees/Thumbs.db",
-                            "Labs/.cache", "Cars/notes.txt"}
+    assert set(ignored) == {
+        ".DS_Store",
+        "Cars/.DS_Store",
+        "Cars/._cars_0000.jpg",
+        "Trees/Thumbs.db",
+        "Labs/.cache",
+        "Cars/notes.txt",
+    }
     all_files = [path for paths in messy.files.values() for path in paths]
     assert "Cars/2021/trip/deep.jpg" in all_files and not any("/." in path for path in all_files)
 
@@ -130,8 +139,9 @@ def test_prepare_reuses_unchanged_and_versions_changed_sources(tmp_path):
     os.utime(changed_file, ns=(1, 1))
     changed = builder.prepare(config, str(tmp_path))
     assert changed.data_dir != first.data_dir and os.path.exists(first.report_path)  # new version, old kept
-    assert sorted(os.listdir(tmp_path / "prepared")) == sorted([os.path.basename(first.data_dir),
-                                                                 os.path.basename(changed.data_dir)])
+    assert sorted(os.listdir(tmp_path / "prepared")) == sorted(
+        [os.path.basename(first.data_dir), os.path.basename(changed.data_dir)]
+    )
     config.split_seed = 1
     other_seed = builder.prepare(config, str(tmp_path))
     assert other_seed.data_dir != changed.data_dir and other_seed.files != changed.files

@@ -19,10 +19,23 @@ def _touch(root, rel_path, content=b"x"):
 @pytest.fixture
 def source(tmp_path):
     """Two classes with nested, hidden, system and non-image entries."""
-    for rel_path in ["Cars/a.jpg", "Cars/B.JPG", "Cars/2019/c.png", "Cars/2019/deeper/d.webp",
-                     "Trees/e.jpeg", "Trees/f.TIFF", "Trees/g.bmp", "Trees/h.gif",
-                     "Cars/.DS_Store", "Cars/._a.jpg", "Trees/Thumbs.db", "Trees/notes.txt",
-                     ".hidden_class/i.jpg", "Cars/.thumbnails/j.jpg", "README.md"]:
+    for rel_path in [
+        "Cars/a.jpg",
+        "Cars/B.JPG",
+        "Cars/2019/c.png",
+        "Cars/2019/deeper/d.webp",
+        "Trees/e.jpeg",
+        "Trees/f.TIFF",
+        "Trees/g.bmp",
+        "Trees/h.gif",
+        "Cars/.DS_Store",
+        "Cars/._a.jpg",
+        "Trees/Thumbs.db",
+        "Trees/notes.txt",
+        ".hidden_class/i.jpg",
+        "Cars/.thumbnails/j.jpg",
+        "README.md",
+    ]:
         _touch(tmp_path, rel_path)
     return tmp_path
 
@@ -31,13 +44,24 @@ def test_scan_counts_nested_and_ignores_clutter(source):
     scanned = folder.scan(str(source))
     assert scanned.classes == ("Cars", "Trees")
     assert [(f.path, f.label) for f in scanned.files] == [
-        ("Cars/2019/c.png", 0), ("Cars/2019/deeper/d.webp", 0), ("Cars/B.JPG", 0), ("Cars/a.jpg", 0),
-        ("Trees/e.jpeg", 1), ("Trees/f.TIFF", 1), ("Trees/g.bmp", 1), ("Trees/h.gif", 1)]
+        ("Cars/2019/c.png", 0),
+        ("Cars/2019/deeper/d.webp", 0),
+        ("Cars/B.JPG", 0),
+        ("Cars/a.jpg", 0),
+        ("Trees/e.jpeg", 1),
+        ("Trees/f.TIFF", 1),
+        ("Trees/g.bmp", 1),
+        ("Trees/h.gif", 1),
+    ]
     assert dict(scanned.ignored) == {
-        ".hidden_class": "hidden or system file", "README.md": "file outside the class folders",
-        "Cars/.DS_Store": "hidden or system file", "Cars/._a.jpg": "hidden or system file",
-        "Cars/.thumbnails": "hidden or system file", "Trees/Thumbs.db": "hidden or system file",
-        "Trees/notes.txt": "not an image file extension (.txt)"}
+        ".hidden_class": "hidden or system file",
+        "README.md": "file outside the class folders",
+        "Cars/.DS_Store": "hidden or system file",
+        "Cars/._a.jpg": "hidden or system file",
+        "Cars/.thumbnails": "hidden or system file",
+        "Trees/Thumbs.db": "hidden or system file",
+        "Trees/notes.txt": "not an image file extension (.txt)",
+    }
 
 
 def test_explicit_classes(source):
@@ -61,14 +85,18 @@ def test_scan_errors(tmp_path):
 def test_scan_is_independent_of_listing_order(source, monkeypatch):
     expected = folder.scan(str(source))
     real_listdir = os.listdir
-    monkeypatch.setattr(os, "listdir", lambda path: random.Random(1).sample(real_listdir(path),
-                                                                            len(real_listdir(path))))
+    monkeypatch.setattr(
+        os, "listdir", lambda path: random.Random(1).sample(real_listdir(path), len(real_listdir(path)))
+    )
     assert folder.scan(str(source)) == expected
 
 
 def _paper_files(order_seed=None):
-    files = [folder.SourceFile(f"{name}/IMG_{i:04d}.jpg", label, 1000 + i, i)
-             for label, name in enumerate(PAPER_COUNTS) for i in range(PAPER_COUNTS[name])]
+    files = [
+        folder.SourceFile(f"{name}/IMG_{i:04d}.jpg", label, 1000 + i, i)
+        for label, name in enumerate(PAPER_COUNTS)
+        for i in range(PAPER_COUNTS[name])
+    ]
     if order_seed is not None:
         random.Random(order_seed).shuffle(files)
     return files
@@ -117,8 +145,10 @@ def test_split_sizes_within_one_of_target(count):
     sizes = folder.split_sizes(count, (0.7, 0.15, 0.15))
     assert sum(sizes) == count
     if count >= 4:  # below that, every split getting at least one image takes precedence
-        assert all(size >= 1 and abs(size - ratio * count) <= 1
-                   for size, ratio in zip(sizes, (0.7, 0.15, 0.15), strict=True))
+        assert all(
+            size >= 1 and abs(size - ratio * count) <= 1
+            for size, ratio in zip(sizes, (0.7, 0.15, 0.15), strict=True)
+        )
 
 
 def test_fingerprint_tracks_every_change():
@@ -130,8 +160,10 @@ def test_fingerprint_tracks_every_change():
     resized = [folder.SourceFile(first.path, first.label, first.size + 1, first.mtime_ns)] + files[1:]
     relabelled = [folder.SourceFile(first.path, 1, first.size, first.mtime_ns)] + files[1:]
     renamed = [folder.SourceFile("x.jpg", 0, first.size, first.mtime_ns)] + files[1:]
-    variants = [folder.fingerprint(changed, ("A",), {"size": 256})
-                for changed in (touched, resized, relabelled, renamed, files[1:])]
+    variants = [
+        folder.fingerprint(changed, ("A",), {"size": 256})
+        for changed in (touched, resized, relabelled, renamed, files[1:])
+    ]
     variants.append(folder.fingerprint(files, ("B",), {"size": 256}))
     variants.append(folder.fingerprint(files, ("A",), {"size": 224}))
     assert len({base, *variants}) == 8

@@ -18,7 +18,7 @@ def _upright(height=40, width=60) -> np.ndarray:
     """Red top half, blue bottom half, a green mark in the top-left corner."""
     image = np.zeros((height, width, 3), np.uint8)
     image[: height // 2] = RED
-    image[height // 2:] = BLUE
+    image[height // 2 :] = BLUE
     image[:6, :6] = (20, 220, 20)
     return image
 
@@ -43,12 +43,15 @@ def _png16(rgb16: np.ndarray) -> bytes:
     return _png(width, height, 16, b"".join(b"\x00" + row.astype(">u2").tobytes() for row in rgb16))
 
 
-@pytest.mark.parametrize(("orientation", "stored"), [
-    (6, lambda a: np.rot90(a, 1)),   # display = rotate stored 90 degrees clockwise
-    (8, lambda a: np.rot90(a, -1)),  # display = rotate stored 90 degrees counter-clockwise
-    (3, lambda a: np.rot90(a, 2)),
-    (2, lambda a: a[:, ::-1]),       # mirrored
-])
+@pytest.mark.parametrize(
+    ("orientation", "stored"),
+    [
+        (6, lambda a: np.rot90(a, 1)),  # display = rotate stored 90 degrees clockwise
+        (8, lambda a: np.rot90(a, -1)),  # display = rotate stored 90 degrees counter-clockwise
+        (3, lambda a: np.rot90(a, 2)),
+        (2, lambda a: a[:, ::-1]),  # mirrored
+    ],
+)
 def test_exif_orientation_comes_out_upright(tmp_path, orientation, stored):
     upright = _upright()
     exif = Image.Exif()
@@ -112,12 +115,15 @@ def _valid_jpeg() -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize(("content", "reason"), [
-    (b"", "empty file"),
-    (b"hello, this is a text file renamed to .jpg\n" * 3, "not a recognised image"),
-    (b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4, "corrupt"),
-    (_valid_jpeg()[:700], "truncated"),
-])
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "empty file"),
+        (b"hello, this is a text file renamed to .jpg\n" * 3, "not a recognised image"),
+        (b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4, "corrupt"),
+        (_valid_jpeg()[:700], "truncated"),
+    ],
+)
 def test_broken_files_raise_one_line_image_error(tmp_path, content, reason):
     path = tmp_path / "broken.jpg"
     path.write_bytes(content)
@@ -142,20 +148,32 @@ def test_draft_decodes_large_jpegs_smaller_but_big_enough(tmp_path):
     assert 100 <= min(drafted.shape[:2]) < 600 and drafted.shape[1] * 3 == drafted.shape[0] * 4
 
 
-@pytest.mark.parametrize(("shape", "size", "expected"), [
-    ((600, 800, 3), 256, (256, 341, 3)),
-    ((800, 600, 3), 256, (341, 256, 3)),
-    ((30, 40, 3), 60, (60, 80, 3)),
-    ((64, 64, 3), 64, (64, 64, 3)),
-])
+@pytest.mark.parametrize(
+    ("shape", "size", "expected"),
+    [
+        ((600, 800, 3), 256, (256, 341, 3)),
+        ((800, 600, 3), 256, (341, 256, 3)),
+        ((30, 40, 3), 60, (60, 80, 3)),
+        ((64, 64, 3), 64, (64, 64, 3)),
+    ],
+)
 def test_resize_shorter_side_keeps_aspect(shape, size, expected):
     assert images.resize_shorter_side(np.zeros(shape, np.uint8), size).shape == expected
 
 
-@pytest.mark.parametrize(("name", "ignored"), [
-    (".DS_Store", True), ("._IMG_0001.jpg", True), ("Thumbs.db", True), (".hidden", True),
-    ("desktop.ini", True), ("IMG_0001.JPG", False), ("a/b/photo.png", False), ("a/.cache/", True),
-])
+@pytest.mark.parametrize(
+    ("name", "ignored"),
+    [
+        (".DS_Store", True),
+        ("._IMG_0001.jpg", True),
+        ("Thumbs.db", True),
+        (".hidden", True),
+        ("desktop.ini", True),
+        ("IMG_0001.JPG", False),
+        ("a/b/photo.png", False),
+        ("a/.cache/", True),
+    ],
+)
 def test_is_ignored(name, ignored):
     assert images.is_ignored(name) is ignored
 

@@ -30,8 +30,9 @@ def config(tiny_config):
 
 
 def _no_augmentation(config):
-    config.augment.update(rotation_degrees=0.0, width_shift=0.0, height_shift=0.0, zoom=0.0,
-                          horizontal_flip=False)
+    config.augment.update(
+        rotation_degrees=0.0, width_shift=0.0, height_shift=0.0, zoom=0.0, horizontal_flip=False
+    )
     return config
 
 
@@ -55,12 +56,14 @@ def test_train_batches_shape_count_and_determinism(prepared, config):
     assert batches[0]["image"].shape == (8, SIZE, SIZE, 3) and batches[0]["image"].dtype == np.uint8
     assert batches[0]["label"].shape == (8,) and batches[0]["label"].dtype == np.int32
     assert sorted(np.concatenate([b["label"] for b in batches]).tolist()) == sorted(
-        [label for label, n in enumerate(prepared.counts["train"]) for _ in range(n)])
+        [label for label, n in enumerate(prepared.counts["train"]) for _ in range(n)]
+    )
     again = list(pipeline.train_batches(prepared, config, epoch=0))  # a resumed run at epoch 0
     np.testing.assert_array_equal(_images(again), _images(batches))
     next_epoch = list(pipeline.train_batches(prepared, config, epoch=1))
-    assert not np.array_equal(np.concatenate([b["label"] for b in next_epoch]),
-                              np.concatenate([b["label"] for b in batches]))
+    assert not np.array_equal(
+        np.concatenate([b["label"] for b in next_epoch]), np.concatenate([b["label"] for b in batches])
+    )
     config.seed = 1
     other_seed = list(pipeline.train_batches(prepared, config, epoch=0))
     assert not np.array_equal(_images(other_seed), _images(batches))
@@ -69,8 +72,10 @@ def test_train_batches_shape_count_and_determinism(prepared, config):
 def test_process_shards_are_disjoint_and_make_up_the_global_batches(prepared, config):
     _no_augmentation(config)
     whole = list(pipeline.train_batches(prepared, config, epoch=3))
-    shards = [list(pipeline.train_batches(prepared, config, epoch=3, process_index=p, process_count=2))
-              for p in range(2)]
+    shards = [
+        list(pipeline.train_batches(prepared, config, epoch=3, process_index=p, process_count=2))
+        for p in range(2)
+    ]
     assert len(shards[0]) == len(shards[1]) == len(whole)
     for step, batch in enumerate(whole):
         parts = [shard[step]["image"] for shard in shards]
@@ -82,8 +87,9 @@ def test_no_augmentation_is_identity_up_to_resizing(prepared, config):
     _no_augmentation(config)
     train_images = _images(pipeline.train_batches(prepared, config, epoch=0))
     reference = list(pipeline.eval_batches(prepared, "train", config))
-    by_bytes = {image.tobytes(): file for b in reference
-                for image, file in zip(b["image"], b["file"], strict=True)}
+    by_bytes = {
+        image.tobytes(): file for b in reference for image, file in zip(b["image"], b["file"], strict=True)
+    }
     assert all(image.tobytes() in by_bytes for image in train_images)
     with open(prepared.report_path) as f:
         source_dir = json.load(f)["source_dir"]
@@ -107,21 +113,42 @@ def test_augmentation_matches_keras_apply_affine_transform():
 
     image = np.random.default_rng(0).uniform(0, 255, (24, 24, 3)).astype(np.float32)
     image = np.asarray(Image.fromarray(image.astype(np.uint8)).resize((48, 48)), np.float32)  # smooth-ish
-    for theta, tx, ty, zx, zy in [(10, 0, 0, 1, 1), (0, 2.4, -1.5, 1, 1), (0, 0, 0, 1.1, 0.9),
-                                  (-7, 1.5, -2, 0.95, 1.08)]:
-        expected = apply_affine_transform(image, theta=theta, tx=tx, ty=ty, zx=zx, zy=zy, row_axis=0,
-                                          col_axis=1, channel_axis=2, fill_mode="nearest", order=1)
+    for theta, tx, ty, zx, zy in [
+        (10, 0, 0, 1, 1),
+        (0, 2.4, -1.5, 1, 1),
+        (0, 0, 0, 1.1, 0.9),
+        (-7, 1.5, -2, 0.95, 1.08),
+    ]:
+        expected = apply_affine_transform(
+            image,
+            theta=theta,
+            tx=tx,
+            ty=ty,
+            zx=zx,
+            zy=zy,
+            row_axis=0,
+            col_axis=1,
+            channel_axis=2,
+            fill_mode="nearest",
+            order=1,
+        )
         params = (tf.constant([v], tf.float32) for v in (theta, tx, ty, zx, zy))
         transforms = pipeline.affine_transforms(*params, height=48, width=48)
         actual = tf.raw_ops.ImageProjectiveTransformV3(
-            images=image[None], transforms=transforms, output_shape=[48, 48], fill_value=0.0,
-            interpolation="BILINEAR", fill_mode="NEAREST")[0].numpy()
+            images=image[None],
+            transforms=transforms,
+            output_shape=[48, 48],
+            fill_value=0.0,
+            interpolation="BILINEAR",
+            fill_mode="NEAREST",
+        )[0].numpy()
         np.testing.assert_allclose(actual, expected, atol=0.05)
 
 
 def test_default_augmentation_changes_images_within_paper_ranges(prepared, config):
-    plain = _images(pipeline.train_batches(prepared, _no_augmentation(config.copy_and_resolve_references()),
-                                           epoch=0))
+    plain = _images(
+        pipeline.train_batches(prepared, _no_augmentation(config.copy_and_resolve_references()), epoch=0)
+    )
     augmented = _images(pipeline.train_batches(prepared, config, epoch=0))  # the paper's default ranges
     differences = np.abs(augmented.astype(np.float32) - plain).mean(axis=(1, 2, 3))
     assert (differences > 0).mean() > 0.9
@@ -145,8 +172,10 @@ def test_eval_yields_every_example_once_with_a_mask(prepared, config):
 
 
 def test_eval_shards_cover_the_split_once(prepared, config):
-    shards = [list(pipeline.eval_batches(prepared, "validation", config, process_index=p, process_count=2))
-              for p in range(2)]
+    shards = [
+        list(pipeline.eval_batches(prepared, "validation", config, process_index=p, process_count=2))
+        for p in range(2)
+    ]
     assert len(shards[0]) == len(shards[1])
     files = [f for shard in shards for b in shard for f, m in zip(b["file"], b["mask"], strict=True) if m]
     assert sorted(files) == sorted(prepared.files["validation"])

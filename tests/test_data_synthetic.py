@@ -60,10 +60,14 @@ def _features(image: np.ndarray) -> np.ndarray:
 
 def test_classes_are_learnable_by_a_tiny_model():
     """A nearest-centroid classifier on colour statistics separates the classes of fresh scenes."""
+
     def sample(seed):
         rng = np.random.default_rng(seed)
-        return [(_features(synthetic.render_scene(name, 48, 64, rng)), label)
-                for label, name in enumerate(synthetic.CLASSES) for _ in range(12)]
+        return [
+            (_features(synthetic.render_scene(name, 48, 64, rng)), label)
+            for label, name in enumerate(synthetic.CLASSES)
+            for _ in range(12)
+        ]
 
     train, test = sample(0), sample(1)
     centroids = np.stack([np.mean([f for f, y in train if y == c], axis=0) for c in range(5)])
@@ -98,7 +102,11 @@ def test_composite_regions_show_their_class():
 
 def test_cli_writes_the_layout(tmp_path):
     out = tmp_path / "demo"
-    result = subprocess.run([sys.executable, "-m", "scenecls.data.synthetic", str(out), "--per_class", "2"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "scenecls.data.synthetic", str(out), "--per_class", "2"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "Wrote 10 images" in result.stdout
     assert sorted(os.listdir(out)) == sorted([synthetic.MARKER, *synthetic.CLASSES])

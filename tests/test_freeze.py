@@ -21,7 +21,12 @@ def _trainable_layers(labels):
 
 def test_head_only_rule(variables):
     labels = freeze.param_labels(variables["params"], variables["batch_stats"], ("^head/",))
-    assert _trainable_layers(labels) == ["head/branch_1x1", "head/branch_3x3", "head/branch_5x5", "head/logits"]
+    assert _trainable_layers(labels) == [
+        "head/branch_1x1",
+        "head/branch_3x3",
+        "head/branch_5x5",
+        "head/logits",
+    ]
     assert freeze.gradient_boundary(labels, block_names((1, 1, 1, 1))) == "output"
 
 
@@ -42,7 +47,9 @@ def test_default_stage2_rule_on_full_resnet(tiny_config):
 def test_batchnorm_frozen_unless_asked(variables):
     rules = (".*",)
     frozen_bn = freeze.param_labels(variables["params"], variables["batch_stats"], rules)
-    trained_bn = freeze.param_labels(variables["params"], variables["batch_stats"], rules, train_batchnorm=True)
+    trained_bn = freeze.param_labels(
+        variables["params"], variables["batch_stats"], rules, train_batchnorm=True
+    )
     flat = traverse_util.flatten_dict(frozen_bn)
     assert flat[("backbone", "conv1_bn", "scale")] == freeze.FROZEN
     assert flat[("backbone", "conv1_conv", "kernel")] == freeze.TRAINABLE
@@ -52,4 +59,6 @@ def test_batchnorm_frozen_unless_asked(variables):
 
 def test_rule_matching_nothing_is_an_error(variables):
     with pytest.raises(ValueError, match="conv9_block1"):
-        freeze.param_labels(variables["params"], variables["batch_stats"], ("^head/", "^backbone/conv9_block1"))
+        freeze.param_labels(
+            variables["params"], variables["batch_stats"], ("^head/", "^backbone/conv9_block1")
+        )

@@ -14,14 +14,16 @@ CLASSES = ("Buildings", "Cars", "Labs")
 def tiny_case():
     """6 examples, 3 classes: argmax right on 4 (acc 4/6), true class in the top 2 on 5 (top-2 5/6)."""
     labels = np.array([0, 0, 1, 1, 2, 2])
-    probs = np.array([
-        [0.7, 0.2, 0.1],  # 0 -> 0
-        [0.3, 0.6, 0.1],  # 0 -> 1, second choice 0
-        [0.1, 0.8, 0.1],  # 1 -> 1
-        [0.2, 0.5, 0.3],  # 1 -> 1
-        [0.1, 0.1, 0.8],  # 2 -> 2
-        [0.6, 0.3, 0.1],  # 2 -> 0, true class last
-    ])
+    probs = np.array(
+        [
+            [0.7, 0.2, 0.1],  # 0 -> 0
+            [0.3, 0.6, 0.1],  # 0 -> 1, second choice 0
+            [0.1, 0.8, 0.1],  # 1 -> 1
+            [0.2, 0.5, 0.3],  # 1 -> 1
+            [0.1, 0.1, 0.8],  # 2 -> 2
+            [0.6, 0.3, 0.1],  # 2 -> 0, true class last
+        ]
+    )
     return labels, probs
 
 
@@ -60,8 +62,17 @@ def test_matches_scikit_learn():
     m = metrics.compute_metrics(labels, probs, classes)
     predicted = probs.argmax(axis=1)
     report = skm.classification_report(labels, predicted, output_dict=True, zero_division=0)
-    assert set(m) == {"accuracy", "macro_f1", "weighted_f1", "top2_accuracy", "auc_ovr", "per_class",
-                      "confusion_matrix", "classes", "num_examples"}
+    assert set(m) == {
+        "accuracy",
+        "macro_f1",
+        "weighted_f1",
+        "top2_accuracy",
+        "auc_ovr",
+        "per_class",
+        "confusion_matrix",
+        "classes",
+        "num_examples",
+    }
     assert m["accuracy"] == skm.accuracy_score(labels, predicted)
     assert m["macro_f1"] == pytest.approx(skm.f1_score(labels, predicted, average="macro"), abs=1e-12)
     assert m["weighted_f1"] == pytest.approx(skm.f1_score(labels, predicted, average="weighted"), abs=1e-12)
@@ -72,8 +83,11 @@ def test_matches_scikit_learn():
             assert m["per_class"][name][key] == pytest.approx(report[str(c)][sk_key], abs=1e-12)
         assert m["per_class"][name]["support"] == report[str(c)]["support"]
     assert m["confusion_matrix"]["counts"] == skm.confusion_matrix(labels, predicted).tolist()
-    np.testing.assert_allclose(m["confusion_matrix"]["normalized"],
-                               skm.confusion_matrix(labels, predicted, normalize="true"), atol=1e-12)
+    np.testing.assert_allclose(
+        m["confusion_matrix"]["normalized"],
+        skm.confusion_matrix(labels, predicted, normalize="true"),
+        atol=1e-12,
+    )
     assert 0.0 < m["accuracy"] < 1.0 and 0.5 < m["auc_ovr"] < 1.0  # a non-degenerate case
 
 

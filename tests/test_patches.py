@@ -19,8 +19,21 @@ from scenecls.patches.run import output_names
 from scenecls.preprocessing import preprocess
 
 CLASSES = synthetic.CLASSES
-JSON_FIELDS = {"image", "width", "height", "classes", "patch", "grid", "patches", "coverage", "prob_coverage",
-               "major", "secondary", "whole_image", "seconds"}
+JSON_FIELDS = {
+    "image",
+    "width",
+    "height",
+    "classes",
+    "patch",
+    "grid",
+    "patches",
+    "coverage",
+    "prob_coverage",
+    "major",
+    "secondary",
+    "whole_image",
+    "seconds",
+}
 
 
 def _coverage_counts(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -47,14 +60,17 @@ def _check_grid(height: int, width: int, size: int, stride: int) -> None:
     assert (np.diff(xs) <= stride).all() and (np.diff(ys) <= stride).all()
 
 
-@pytest.mark.parametrize("height,width",
-                         [(225, 1000), (224, 224), (448, 672), (336, 560), (224, 4000), (1000, 225)])
+@pytest.mark.parametrize(
+    "height,width", [(225, 1000), (224, 224), (448, 672), (336, 560), (224, 4000), (1000, 225)]
+)
 def test_grid_covers_every_pixel(height, width):
     _check_grid(height, width, size=224, stride=112)
 
 
-@pytest.mark.parametrize("height,width,expected", [(223, 223, (224, 224)), (1, 4000, (224, 4000)),
-                                                   (100, 150, (224, 336)), (5, 5, (224, 224))])
+@pytest.mark.parametrize(
+    "height,width,expected",
+    [(223, 223, (224, 224)), (1, 4000, (224, 4000)), (100, 150, (224, 336)), (5, 5, (224, 224))],
+)
 def test_small_images_are_upscaled_then_covered(height, width, expected):
     image = np.zeros((height, width, 3), np.uint8)
     prepared, notes = prepare_image(image, patch_size=224)
@@ -209,8 +225,9 @@ def _check_result(result, height, width):
     assert boxes.min() >= 0 and boxes[:, 2].max() == width and boxes[:, 3].max() == height
     assert _coverage_counts(boxes, height, width).min() >= 1
     coverages = [s["coverage"] for s in result["secondary"]]
-    assert coverages == sorted(coverages, reverse=True) and result["major"] not in [s["class"] for s in
-                                                                                      result["secondary"]]
+    assert coverages == sorted(coverages, reverse=True) and result["major"] not in [
+        s["class"] for s in result["secondary"]
+    ]
 
 
 def test_shared_mode_returns_a_valid_result(tiny_model, composite):
@@ -243,7 +260,8 @@ def test_run_inference_reports_bad_files_and_continues(tiny_model, tmp_path, cap
     for folder, fmt in (("a", "PNG"), ("b", "JPEG")):  # same stem in two folders
         os.makedirs(photos / folder)
         Image.fromarray(synthetic.make_composite(130, 170, seed=len(folder) + ord(folder))[0]).save(
-            photos / folder / f"photo.{fmt.lower().replace('jpeg', 'jpg')}", format=fmt)
+            photos / folder / f"photo.{fmt.lower().replace('jpeg', 'jpg')}", format=fmt
+        )
     Image.fromarray((np.arange(20 * 30).reshape(20, 30) * 100).astype(np.uint16)).save(photos / "small16.png")
     (photos / "broken.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
     (photos / ".hidden.jpg").write_bytes(b"ignored")
@@ -259,7 +277,8 @@ def test_run_inference_reports_bad_files_and_continues(tiny_model, tmp_path, cap
     assert any("broken.jpg" in line for line in failures) and any("missing" in line for line in failures)
     infer_dir = workdir / "infer"
     assert sorted(os.listdir(infer_dir)) == sorted(
-        [f"{n}.{e}" for n in ("a_photo", "b_photo", "small16") for e in ("json", "png")] + ["summary.csv"])
+        [f"{n}.{e}" for n in ("a_photo", "b_photo", "small16") for e in ("json", "png")] + ["summary.csv"]
+    )
     for name, (height, width) in (("a_photo", (130, 170)), ("b_photo", (130, 170)), ("small16", (20, 30))):
         result = json.loads((infer_dir / f"{name}.json").read_text())
         _check_result(result, height, width)

@@ -24,8 +24,16 @@ def read_png(path):
 
 
 def record(epoch, **values):
-    return {"epoch": epoch, "loss": 1.0 / epoch, "accuracy": 1 - 0.5 / epoch, "val_loss": 1.1 / epoch,
-            "val_accuracy": 1 - 0.6 / epoch, "lr": 1e-5, "images_per_s": 10.0, **values}
+    return {
+        "epoch": epoch,
+        "loss": 1.0 / epoch,
+        "accuracy": 1 - 0.5 / epoch,
+        "val_loss": 1.1 / epoch,
+        "val_accuracy": 1 - 0.6 / epoch,
+        "lr": 1e-5,
+        "images_per_s": 10.0,
+        **values,
+    }
 
 
 @pytest.fixture
@@ -73,8 +81,10 @@ def test_roc_with_absent_class(tmp_path, predictions):
         {"stage1": [record(e) for e in range(1, 6)], "stage2": [record(e) for e in range(1, 4)]},
         {"stage1": [record(e) for e in range(1, 4)]},
         {"stage1": [record(1)], "stage2": []},
-        {"stage1": [record(1, val_loss=None), {"epoch": 2, "loss": 0.4, "accuracy": 0.8}],
-         "stage2": [record(1)]},
+        {
+            "stage1": [record(1, val_loss=None), {"epoch": 2, "loss": 0.4, "accuracy": 0.8}],
+            "stage2": [record(1)],
+        },
         {"stage1": [], "stage2": [record(1), record(2)]},
         {},
     ],

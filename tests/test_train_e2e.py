@@ -42,7 +42,9 @@ def test_train_writes_every_output(trained):
     assert saved["classes"] == ["Buildings", "Cars", "Labs", "People", "Trees"]
     with open(os.path.join(workdir, "classes.json")) as f:
         assert json.load(f) == saved["classes"]
-    assert saved["num_examples"] == len(open(os.path.join(workdir, "eval", "predictions.csv")).readlines()) - 1
+    assert (
+        saved["num_examples"] == len(open(os.path.join(workdir, "eval", "predictions.csv")).readlines()) - 1
+    )
 
 
 def test_inference_model_matches_best_checkpoint(trained):
@@ -69,7 +71,10 @@ def test_resume_after_interruption_equals_uninterrupted(trained, tmp_path):
     short.data.prepared_dir, short.data.source_dir = full.data.prepared_dir, full.data.source_dir
     train.train_and_evaluate(short, resumed_dir)
     resumed_metrics = train.train_and_evaluate(full, resumed_dir)
-    with open(os.path.join(workdir, "history.json")) as f, open(os.path.join(resumed_dir, "history.json")) as g:
+    with (
+        open(os.path.join(workdir, "history.json")) as f,
+        open(os.path.join(resumed_dir, "history.json")) as g,
+    ):
         expected, got = json.load(f), json.load(g)
     for stage in ("stage1", "stage2"):
         for a, b in zip(expected[stage], got[stage], strict=True):

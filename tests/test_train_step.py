@@ -18,12 +18,20 @@ def _setup(config, rules, train_batchnorm=False):
     labels = freeze.param_labels(variables["params"], variables["batch_stats"], rules, train_batchnorm)
     boundary = freeze.gradient_boundary(labels, block_names(config.model.stage_sizes))
     model = build_classifier(config.model, num_classes=5, gradient_boundary=boundary)
-    state = train.TrainState.create(apply_fn=model.apply, params=variables["params"],
-                                    tx=train.make_optimizer(labels), batch_stats=variables["batch_stats"])
-    step = jax.jit(functools.partial(train.train_step, preprocess_mode="caffe", batchnorm_train=train_batchnorm))
+    state = train.TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=train.make_optimizer(labels),
+        batch_stats=variables["batch_stats"],
+    )
+    step = jax.jit(
+        functools.partial(train.train_step, preprocess_mode="caffe", batchnorm_train=train_batchnorm)
+    )
     rng = np.random.default_rng(0)
-    batch = {"image": rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8),
-             "label": rng.integers(0, 5, (8,)).astype(np.int32)}
+    batch = {
+        "image": rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8),
+        "label": rng.integers(0, 5, (8,)).astype(np.int32),
+    }
     return state, step, batch, labels
 
 
@@ -75,7 +83,7 @@ def test_gradient_boundary_matches_full_backprop(tiny_config):
     full_state = state.replace(apply_fn=full_model.apply)
     a, _ = _run(state, step, batch, steps=2)
     b, _ = _run(full_state, step, batch, steps=2)
-    for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
+    for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params), strict=False):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 

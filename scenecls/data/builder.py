@@ -77,11 +77,13 @@ class SceneFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             description="Scene images from a folder of class folders (scenecls).",
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-                "label": tfds.features.ClassLabel(names=self._classes),
-                "file": tfds.features.Text(),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                    "label": tfds.features.ClassLabel(names=self._classes),
+                    "file": tfds.features.Text(),
+                }
+            ),
             supervised_keys=("image", "label"),
         )
 
@@ -101,11 +103,14 @@ def prepare(data_config: ml_collections.ConfigDict, workdir: str) -> PreparedDat
       ValueError: no source folder configured, missing folder or classes, no images, bad split ratios, or a
         class with too few decodable images for the split (the message names it).
     """
-    source_dir = _source_dir(data_config, workdir)
+    source_dir = resolve_source_dir(data_config, workdir)
     scanned = folder.scan(source_dir, tuple(data_config.classes))
-    settings = {"format": _FORMAT_VERSION, "split": [float(r) for r in data_config.split],
-                "split_seed": int(data_config.split_seed),
-                "store_shorter_side": int(data_config.store_shorter_side)}
+    settings = {
+        "format": _FORMAT_VERSION,
+        "split": [float(r) for r in data_config.split],
+        "split_seed": int(data_config.split_seed),
+        "store_shorter_side": int(data_config.store_shorter_side),
+    }
     version = folder.fingerprint(scanned.files, scanned.classes, settings)
     root = data_config.prepared_dir or os.path.join(workdir, "prepared")
     data_dir = os.path.join(root, version)
@@ -122,25 +127,36 @@ def prepare(data_config: ml_collections.ConfigDict, workdir: str) -> PreparedDat
         except BaseException:
             shutil.rmtree(data_dir, ignore_errors=True)  # never leave a half-prepared version behind
             raise
-        print(f"Prepared {sum(map(sum, report['counts'].values()))} images into {data_dir} "
-              f"in {report['seconds']:.1f} s.")
+        print(
+            f"Prepared {sum(map(sum, report['counts'].values()))} images into {data_dir} "
+            f"in {report['seconds']:.1f} s."
+        )
     print(format_report(report, max_lines=20))
     builder = tfds.builder_from_directory(os.path.join(data_dir, SceneFolder.name, str(SceneFolder.VERSION)))
-    return PreparedData(classes=tuple(report["classes"]), data_dir=data_dir, builder=builder,
-                        counts=report["counts"], files=report["files"], report_path=report_path)
+    return PreparedData(
+        classes=tuple(report["classes"]),
+        data_dir=data_dir,
+        builder=builder,
+        counts=report["counts"],
+        files=report["files"],
+        report_path=report_path,
+    )
 
 
-def _source_dir(data_config: ml_collections.ConfigDict, workdir: str) -> str:
+def resolve_source_dir(data_config: ml_collections.ConfigDict, workdir: str) -> str:
     """The configured source folder, or the synthetic set in <workdir>/synthetic_source (written once)."""
     if data_config.source_dir:
         return data_config.source_dir
     if data_config.synthetic_per_class <= 0:
-        raise ValueError("no data: set --config.data.source_dir=/path/to/class_folders "
-                         "(or data.synthetic_per_class > 0 for a synthetic demo set)")
+        raise ValueError(
+            "no data: set --config.data.source_dir=/path/to/class_folders "
+            "(or data.synthetic_per_class > 0 for a synthetic demo set)"
+        )
     out_dir = os.path.join(workdir, "synthetic_source")
     marker_path = os.path.join(out_dir, synthetic.MARKER)
-    expected = synthetic.synthetic_marker(data_config.synthetic_per_class, synthetic.DEFAULT_SIZE, 0,
-                                          synthetic.CLASSES)
+    expected = synthetic.synthetic_marker(
+        data_config.synthetic_per_class, synthetic.DEFAULT_SIZE, 0, synthetic.CLASSES
+    )
     if os.path.exists(marker_path):
         with open(marker_path) as f:
             if json.load(f) == expected:
@@ -163,8 +179,10 @@ def _build(scanned: folder.Scan, settings: dict, data_dir: str, source_dir: str)
         logging.warning("Skipped %s: %s", path, reason)
     splits = folder.stratified_split(good, scanned.classes, settings["split"], settings["split_seed"])
     index = {f.path: i for i, f in enumerate(scanned.files)}
-    examples = {split: [_Example(f.path, f.label, _staged_path(staging, index[f.path])) for f in members]
-                for split, members in splits.items()}
+    examples = {
+        split: [_Example(f.path, f.label, _staged_path(staging, index[f.path])) for f in members]
+        for split, members in splits.items()
+    }
     builder = SceneFolder(classes=scanned.classes, examples=examples, data_dir=data_dir)
     builder.download_and_prepare(
         download_dir=os.path.join(data_dir, "downloads"),
@@ -172,18 +190,21 @@ def _build(scanned: folder.Scan, settings: dict, data_dir: str, source_dir: str)
     )
     shutil.rmtree(staging)
     shutil.rmtree(os.path.join(data_dir, "downloads"), ignore_errors=True)
+    seconds = time.perf_counter() - start
     return {
         "version": os.path.basename(data_dir),
         "source_dir": os.path.abspath(source_dir),
         "classes": list(scanned.classes),
         "settings": settings,
-        "counts": {split: [sum(f.label == c for f in splits[split]) for c in range(len(scanned.classes))]
-                   for split in folder.SPLITS},
+        "counts": {
+            split: [sum(f.label == c for f in splits[split]) for c in range(len(scanned.classes))]
+            for split in folder.SPLITS
+        },
         "skipped": [list(item) for item in skipped],
         "ignored": [list(item) for item in scanned.ignored],
         "files": {split: [f.path for f in members] for split, members in splits.items()},
-        "seconds": time.perf_counter() - start,
-        "images_per_second": len(scanned.files) / max(time.perf_counter() - start, 1e-9),
+        "seconds": seconds,
+        "images_per_second": len(scanned.files) / seconds,
     }
 
 
@@ -195,8 +216,12 @@ def _convert_all(scanned: folder.Scan, shorter_side: int, staging: str) -> list[
     """Converts every file with all cores; returns per file None (ok) or the reason it was skipped."""
     progress = _Progress(len(scanned.files), "Decoding and resizing")
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:  # Pillow releases the GIL
-        futures = [pool.submit(_convert_one, os.path.join(scanned.root, f.path), shorter_side,
-                               _staged_path(staging, i)) for i, f in enumerate(scanned.files)]
+        futures = [
+            pool.submit(
+                _convert_one, os.path.join(scanned.root, f.path), shorter_side, _staged_path(staging, i)
+            )
+            for i, f in enumerate(scanned.files)
+        ]
         for future in concurrent.futures.as_completed(futures):
             future.result()  # re-raises unexpected failures (a full disk, say) at once
             progress.advance()
@@ -259,17 +284,20 @@ def format_report(report: dict, max_lines: int | None = None) -> str:
     the file list of every split; ``max_lines`` caps each list for the console."""
     classes, counts = report["classes"], report["counts"]
     width = max(len("class"), len("total"), *map(len, classes))
-    lines = [f"Prepared data {report['version']} from {report['source_dir']} "
-             f"(shorter side {report['settings']['store_shorter_side'] or 'unchanged'}, "
-             f"split {report['settings']['split']}, seed {report['settings']['split_seed']})",
-             f"{'class':<{width}} " + " ".join(f"{s:>10}" for s in folder.SPLITS) + f" {'total':>7}"]
+    lines = [
+        f"Prepared data {report['version']} from {report['source_dir']} "
+        f"(shorter side {report['settings']['store_shorter_side'] or 'unchanged'}, "
+        f"split {report['settings']['split']}, seed {report['settings']['split_seed']})",
+        f"{'class':<{width}} " + " ".join(f"{s:>10}" for s in folder.SPLITS) + f" {'total':>7}",
+    ]
     for c, name in enumerate(classes + ["total"]):
         row = [counts[s][c] if c < len(classes) else sum(counts[s]) for s in folder.SPLITS]
         lines.append(f"{name:<{width}} " + " ".join(f"{n:>10}" for n in row) + f" {sum(row):>7}")
     sections = [("Skipped (not decodable)", report["skipped"]), ("Ignored", report["ignored"])]
     if max_lines is None:
-        sections += [(f"Files in {split}", [[path, ""] for path in report["files"][split]])
-                     for split in folder.SPLITS]
+        sections += [
+            (f"Files in {split}", [[path, ""] for path in report["files"][split]]) for split in folder.SPLITS
+        ]
     for title, items in sections:
         lines.append(f"{title}: {len(items)}")
         shown = items if max_lines is None else items[:max_lines]

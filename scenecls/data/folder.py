@@ -121,8 +121,9 @@ def split_sizes(count: int, ratios: Sequence[float]) -> list[int]:
     return sizes
 
 
-def stratified_split(files: Sequence[SourceFile], classes: Sequence[str], ratios: Sequence[float],
-                     seed: int) -> dict[str, list[SourceFile]]:
+def stratified_split(
+    files: Sequence[SourceFile], classes: Sequence[str], ratios: Sequence[float], seed: int
+) -> dict[str, list[SourceFile]]:
     """Assigns files to train/validation/test per class, deterministic in (paths, seed).
 
     Within a class the files are ordered by a seeded hash of their path (a permutation that does not
@@ -134,18 +135,21 @@ def stratified_split(files: Sequence[SourceFile], classes: Sequence[str], ratios
     """
     ratios = tuple(float(r) for r in ratios)
     if len(ratios) != len(SPLITS) or min(ratios) < 0 or not math.isclose(sum(ratios), 1.0, abs_tol=1e-6):
-        raise ValueError(f"data.split must be three non-negative ratios (train, validation, test) summing "
-                         f"to 1, got {ratios}")
+        raise ValueError(
+            f"data.split must be three non-negative ratios (train, validation, test) summing "
+            f"to 1, got {ratios}"
+        )
     splits: dict[str, list[SourceFile]] = {name: [] for name in SPLITS}
     for label, name in enumerate(classes):
         members = sorted((f for f in files if f.label == label), key=lambda f: _split_key(f.path, seed))
         sizes = split_sizes(len(members), ratios)
         if any(size < 1 for size, ratio in zip(sizes, ratios, strict=True) if ratio > 0):
-            raise ValueError(f"class {name!r} has {len(members)} usable image(s), too few for the split "
-                             f"{ratios}")
+            raise ValueError(
+                f"class {name!r} has {len(members)} usable image(s), too few for the split {ratios}"
+            )
         start = 0
         for split, size in zip(SPLITS, sizes, strict=True):
-            splits[split] += members[start:start + size]
+            splits[split] += members[start : start + size]
             start += size
     return {split: sorted(members, key=lambda f: f.path) for split, members in splits.items()}
 

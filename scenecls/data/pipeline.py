@@ -50,8 +50,13 @@ def epoch_seeds(seed: int, epoch: int) -> tuple[int, int]:
     return int(shuffle_seed), int(augment_seed)
 
 
-def train_batches(prepared: PreparedData, config: ml_collections.ConfigDict, epoch: int,
-                  process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+def train_batches(
+    prepared: PreparedData,
+    config: ml_collections.ConfigDict,
+    epoch: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
     """One epoch of augmented training batches ``{"image": uint8 (B, S, S, 3), "label": int32 (B,)}``.
 
     ``B = config.batch_size // process_count``: all processes shuffle identically, keep the same number of
@@ -77,8 +82,13 @@ def train_batches(prepared: PreparedData, config: ml_collections.ConfigDict, epo
     return ds.map(augment, num_parallel_calls=_AUTOTUNE).prefetch(_AUTOTUNE).as_numpy_iterator()
 
 
-def eval_batches(prepared: PreparedData, split: str, config: ml_collections.ConfigDict,
-                 process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(
+    prepared: PreparedData,
+    split: str,
+    config: ml_collections.ConfigDict,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
     """Every example of ``split`` exactly once, in a fixed order, without augmentation.
 
     Batches hold ``config.eval_batch_size // process_count`` examples: ``image`` uint8, ``label`` int32,
@@ -89,18 +99,27 @@ def eval_batches(prepared: PreparedData, split: str, config: ml_collections.Conf
     if not total:
         raise ValueError(f"the {split!r} split of {prepared.data_dir} is empty; check data.split")
     if config.eval_batch_size % process_count:
-        raise ValueError(f"eval_batch_size {config.eval_batch_size} is not divisible by {process_count} "
-                         "processes")
+        raise ValueError(
+            f"eval_batch_size {config.eval_batch_size} is not divisible by {process_count} processes"
+        )
     batch_size = config.eval_batch_size // process_count
     size = config.image_size
 
     def decode(example):
         image = tf.cast(tf.round(_decode_resize(example["image"], size)), tf.uint8)
-        return {"image": image, "label": tf.cast(example["label"], tf.int32), "mask": tf.constant(True),
-                "file": example["file"]}
+        return {
+            "image": image,
+            "label": tf.cast(example["label"], tf.int32),
+            "mask": tf.constant(True),
+            "file": example["file"],
+        }
 
-    padding = {"image": tf.zeros((size, size, 3), tf.uint8), "label": tf.constant(0, tf.int32),
-               "mask": tf.constant(False), "file": tf.constant("")}
+    padding = {
+        "image": tf.zeros((size, size, 3), tf.uint8),
+        "label": tf.constant(0, tf.int32),
+        "mask": tf.constant(False),
+        "file": tf.constant(""),
+    }
     ds = _read(prepared, split).shard(process_count, process_index).map(decode, num_parallel_calls=_AUTOTUNE)
     padded = math.ceil(math.ceil(total / process_count) / batch_size) * batch_size
     ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat()).take(padded)
@@ -116,8 +135,9 @@ def _decode_files(batches: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str
 
 def _read(prepared: PreparedData, split: str) -> tf.data.Dataset:
     """The split's examples in their stored (fixed) order, images still encoded."""
-    return prepared.builder.as_dataset(split=split, shuffle_files=False,
-                                       decoders={"image": tfds.decode.SkipDecoding()})
+    return prepared.builder.as_dataset(
+        split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
+    )
 
 
 def _decode_resize(encoded: tf.Tensor, size: int) -> tf.Tensor:
@@ -127,8 +147,15 @@ def _decode_resize(encoded: tf.Tensor, size: int) -> tf.Tensor:
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
-def affine_transforms(theta_degrees: tf.Tensor, shift_x: tf.Tensor, shift_y: tf.Tensor, zoom_x: tf.Tensor,
-                      zoom_y: tf.Tensor, height: int, width: int) -> tf.Tensor:
+def affine_transforms(
+    theta_degrees: tf.Tensor,
+    shift_x: tf.Tensor,
+    shift_y: tf.Tensor,
+    zoom_x: tf.Tensor,
+    zoom_y: tf.Tensor,
+    height: int,
+    width: int,
+) -> tf.Tensor:
     """Keras ``apply_affine_transform(x, theta, tx=shift_x, ty=shift_y, zx=zoom_x, zy=zoom_y)`` as (B, 8)
     ImageProjectiveTransform rows.
 
@@ -166,11 +193,17 @@ def _augment(images: tf.Tensor, augment: ml_collections.ConfigDict, seed: tf.Ten
             uniform(seeds[2], augment.height_shift) * height,
             uniform(seeds[3], augment.zoom, 1.0),
             uniform(seeds[4], augment.zoom, 1.0),
-            height, width,
+            height,
+            width,
         )
         images = tf.raw_ops.ImageProjectiveTransformV3(
-            images=images, transforms=transforms, output_shape=[height, width], fill_value=0.0,
-            interpolation="BILINEAR", fill_mode="NEAREST")
+            images=images,
+            transforms=transforms,
+            output_shape=[height, width],
+            fill_value=0.0,
+            interpolation="BILINEAR",
+            fill_mode="NEAREST",
+        )
     if augment.horizontal_flip:
         flip = tf.random.stateless_uniform([batch], seeds[5]) < 0.5
         images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)

@@ -24,8 +24,16 @@ DEFAULT_SIZE = (120, 160)  # (height, width) around which image sizes vary
 _FORMAT_VERSION = 1
 # File name suffix and Pillow format, cycled per image so preparation sees mixed formats and extension cases.
 _FORMATS = (
-    (".jpg", "JPEG"), (".png", "PNG"), (".jpg", "JPEG"), (".jpeg", "JPEG"), (".JPG", "JPEG"),
-    (".webp", "WEBP"), (".jpg", "JPEG"), (".bmp", "BMP"), (".png", "PNG"), (".tif", "TIFF"),
+    (".jpg", "JPEG"),
+    (".png", "PNG"),
+    (".jpg", "JPEG"),
+    (".jpeg", "JPEG"),
+    (".JPG", "JPEG"),
+    (".webp", "WEBP"),
+    (".jpg", "JPEG"),
+    (".bmp", "BMP"),
+    (".png", "PNG"),
+    (".tif", "TIFF"),
 )
 _EXIF_ORIENTATION = 0x0112
 
@@ -69,8 +77,14 @@ def _cars(draw: ImageDraw.ImageDraw, h: int, w: int, unit: float, rng: np.random
         widths, heights = rng.uniform(1.8, 2.6, per_row) * unit, rng.uniform(0.8, 1.1, per_row) * unit
         lefts = np.cumsum(widths + rng.uniform(0.2, 0.8, per_row) * unit) - widths - rng.uniform(0, 2) * unit
         top, r = y + 0.3 * unit, 0.2 * unit
-        for x, car_w, car_h, body, glass in zip(lefts, widths, heights, _colors(rng, bodies, per_row, 20),
-                                                _colors(rng, [(120, 170, 200)], per_row, 20), strict=True):
+        for x, car_w, car_h, body, glass in zip(
+            lefts,
+            widths,
+            heights,
+            _colors(rng, bodies, per_row, 20),
+            _colors(rng, [(120, 170, 200)], per_row, 20),
+            strict=True,
+        ):
             draw.rectangle([x, top, x + car_w, top + car_h], fill=body)
             window = [x + 0.25 * car_w, top + 0.1 * car_h, x + 0.75 * car_w, top + 0.45 * car_h]
             draw.rectangle(window, fill=glass)
@@ -100,8 +114,15 @@ def _labs(draw: ImageDraw.ImageDraw, h: int, w: int, unit: float, rng: np.random
                 draw.rectangle(display, fill=screen)
             else:
                 draw.rectangle([x, bench_y - 0.6 * bh, x + bw, bench_y], fill=box)
-                draw.ellipse([x + 0.1 * bw, bench_y - 0.45 * bh, x + 0.1 * bw + 0.12 * unit,
-                              bench_y - 0.45 * bh + 0.12 * unit], fill=led)
+                draw.ellipse(
+                    [
+                        x + 0.1 * bw,
+                        bench_y - 0.45 * bh,
+                        x + 0.1 * bw + 0.12 * unit,
+                        bench_y - 0.45 * bh + 0.12 * unit,
+                    ],
+                    fill=led,
+                )
         draw.rectangle([0, bench_y, w, bench_y + 0.2 * unit], fill=_color(rng, [(40, 40, 40)], 8))
 
 
@@ -109,13 +130,22 @@ def _people(draw: ImageDraw.ImageDraw, h: int, w: int, unit: float, rng: np.rand
     """A crowd: skin-toned heads on colourful torsos over a light pavement."""
     draw.rectangle([0, 0, w, h], fill=_color(rng, [(185, 175, 160)], 12))
     skins = [(255, 220, 185), (225, 180, 140), (190, 140, 100), (140, 95, 60), (95, 65, 45)]
-    clothes = [(200, 30, 60), (30, 90, 200), (240, 200, 40), (40, 160, 80), (250, 250, 250), (30, 30, 30),
-               (150, 60, 170), (240, 120, 30)]
+    clothes = [
+        (200, 30, 60),
+        (30, 90, 200),
+        (240, 200, 40),
+        (40, 160, 80),
+        (250, 250, 250),
+        (30, 30, 30),
+        (150, 60, 170),
+        (240, 120, 30),
+    ]
     n = int(1.2 * h * w / unit**2) + 1
     xs, ys = rng.uniform(-unit, w, n), np.sort(rng.uniform(-unit, h, n))  # back rows first
     body_ws, heads = rng.uniform(0.7, 1.0, n) * unit, rng.uniform(0.35, 0.45, n) * unit
-    for x, y, body_w, head, cloth, skin in zip(xs, ys, body_ws, heads, _colors(rng, clothes, n, 20),
-                                               _colors(rng, skins, n, 10), strict=True):
+    for x, y, body_w, head, cloth, skin in zip(
+        xs, ys, body_ws, heads, _colors(rng, clothes, n, 20), _colors(rng, skins, n, 10), strict=True
+    ):
         shoulders = y + 0.8 * head
         draw.ellipse([x, shoulders, x + body_w, shoulders + 0.6 * unit], fill=cloth)
         draw.rectangle([x, shoulders + 0.3 * unit, x + body_w, shoulders + 1.6 * unit], fill=cloth)
@@ -127,23 +157,37 @@ def _trees(draw: ImageDraw.ImageDraw, h: int, w: int, unit: float, rng: np.rando
     """Foliage: brown trunks behind many overlapping leaf clusters in shades of green."""
     draw.rectangle([0, 0, w, h], fill=_color(rng, [(60, 95, 45)], 15))
     n_trunks = int(w / unit) + 1
-    for x, tw, bark in zip(rng.uniform(0, w, n_trunks), rng.uniform(0.2, 0.45, n_trunks) * unit,
-                           _colors(rng, [(95, 65, 40)], n_trunks), strict=True):
+    for x, tw, bark in zip(
+        rng.uniform(0, w, n_trunks),
+        rng.uniform(0.2, 0.45, n_trunks) * unit,
+        _colors(rng, [(95, 65, 40)], n_trunks),
+        strict=True,
+    ):
         draw.rectangle([x, 0, x + tw, h], fill=bark)
     greens = [(35, 110, 35), (70, 150, 50), (110, 170, 60), (25, 80, 30), (140, 180, 80)]
     n = int(6 * h * w / unit**2) + 1
-    for x, y, r, leaf in zip(rng.uniform(0, w, n), rng.uniform(0, h, n), rng.uniform(0.15, 0.45, n) * unit,
-                             _colors(rng, greens, n, 15), strict=True):
+    for x, y, r, leaf in zip(
+        rng.uniform(0, w, n),
+        rng.uniform(0, h, n),
+        rng.uniform(0.15, 0.45, n) * unit,
+        _colors(rng, greens, n, 15),
+        strict=True,
+    ):
         draw.ellipse([x - r, y - 0.7 * r, x + r, y + 0.7 * r], fill=leaf)
 
 
 _PAINTERS: dict[str, Callable[..., None]] = {
-    "Buildings": _buildings, "Cars": _cars, "Labs": _labs, "People": _people, "Trees": _trees,
+    "Buildings": _buildings,
+    "Cars": _cars,
+    "Labs": _labs,
+    "People": _people,
+    "Trees": _trees,
 }
 
 
-def render_scene(class_name: str, height: int, width: int, rng: np.random.Generator,
-                 unit: float | None = None) -> np.ndarray:
+def render_scene(
+    class_name: str, height: int, width: int, rng: np.random.Generator, unit: float | None = None
+) -> np.ndarray:
     """Draws one uint8 (height, width, 3) scene of ``class_name``; deterministic given the rng state.
 
     ``unit`` is the size of a scene element (a window, a car's height) in pixels; default min(h, w) / 6.
@@ -176,8 +220,14 @@ def _partition(height: int, width: int, regions: int, rng: np.random.Generator) 
     return sorted(boxes)
 
 
-def make_composite(height: int, width: int, seed: int, classes: Sequence[str] = CLASSES, regions: int = 4,
-                   unit: float | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+def make_composite(
+    height: int,
+    width: int,
+    seed: int,
+    classes: Sequence[str] = CLASSES,
+    regions: int = 4,
+    unit: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """A scene assembled from rectangular regions of different classes, for testing patch-based inference.
 
     Args:
@@ -211,8 +261,8 @@ def _encode(image: np.ndarray, pil_format: str, exif_rotated: bool) -> bytes:
         exif[_EXIF_ORIENTATION] = 6  # "rotate 90 degrees clockwise to display"
         Image.fromarray(np.rot90(image)).save(buffer, format=pil_format, quality=92, exif=exif)
     else:
-        options = {"PNG": {"compress_level": 1}, "BMP": {}}.get(pil_format, {"quality": 92})
-        Image.fromarray(image).save(buffer, format=pil_format, **options)
+        options = {"JPEG": {"quality": 92}, "WEBP": {"quality": 92}, "PNG": {"compress_level": 1}}
+        Image.fromarray(image).save(buffer, format=pil_format, **options.get(pil_format, {}))
     return buffer.getvalue()
 
 
@@ -232,8 +282,13 @@ def _write_image(root: str, label: int, name: str, i: int, size: tuple[int, int]
     return rel_path
 
 
-def write_dataset(out_dir: str, per_class: int, size: tuple[int, int] = DEFAULT_SIZE, seed: int = 0,
-                  classes: Sequence[str] = CLASSES) -> dict[str, list[str]]:
+def write_dataset(
+    out_dir: str,
+    per_class: int,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    seed: int = 0,
+    classes: Sequence[str] = CLASSES,
+) -> dict[str, list[str]]:
     """Writes ``out_dir/<class>/...`` with ``per_class`` images per class; returns class -> relative paths.
 
     Image sizes vary around ``size`` (height, width), a third are portrait, formats and extension cases are
@@ -251,7 +306,7 @@ def write_dataset(out_dir: str, per_class: int, size: tuple[int, int] = DEFAULT_
     jobs = [(label, name, i) for label, name in enumerate(classes) for i in range(per_class)]
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
         paths = list(pool.map(lambda job: _write_image(tmp_dir, *job, size=size, seed=seed), jobs))
-    files = {name: paths[label * per_class:(label + 1) * per_class] for label, name in enumerate(classes)}
+    files = {name: paths[label * per_class : (label + 1) * per_class] for label, name in enumerate(classes)}
     with open(os.path.join(tmp_dir, MARKER), "w") as f:
         json.dump(synthetic_marker(per_class, size, seed, classes), f)
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -261,8 +316,13 @@ def write_dataset(out_dir: str, per_class: int, size: tuple[int, int] = DEFAULT_
 
 def synthetic_marker(per_class: int, size: Sequence[int], seed: int, classes: Sequence[str]) -> dict:
     """What write_dataset records in ``MARKER``; equal markers mean identical datasets."""
-    return {"version": _FORMAT_VERSION, "per_class": per_class, "size": list(size), "seed": seed,
-            "classes": list(classes)}
+    return {
+        "version": _FORMAT_VERSION,
+        "per_class": per_class,
+        "size": list(size),
+        "seed": seed,
+        "classes": list(classes),
+    }
 
 
 def _main() -> None:

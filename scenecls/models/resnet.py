@@ -133,7 +133,7 @@ class ResNet50(nn.Module):
         x = nn.relu(norm(name="conv1_bn")(x))
         # Symmetric padding of 1; after ReLU, -inf and zero padding agree.
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        for stage, (stage_name, num_blocks) in enumerate(zip(STAGE_NAMES, self.stage_sizes)):
+        for stage, (stage_name, num_blocks) in enumerate(zip(STAGE_NAMES, self.stage_sizes, strict=False)):
             for block in range(num_blocks):
                 block_name = f"{stage_name}_block{block + 1}"
                 if block_name == self.gradient_boundary:
@@ -156,4 +156,5 @@ class ResNet50(nn.Module):
 
 def block_names(stage_sizes: Sequence[int]) -> list[str]:
     """Names of the bottleneck blocks in forward order, e.g. ``conv2_block1``."""
-    return [f"{stage}_block{b + 1}" for stage, n in zip(STAGE_NAMES, stage_sizes) for b in range(n)]
+    pairs = zip(STAGE_NAMES, stage_sizes, strict=False)
+    return [f"{stage}_block{b + 1}" for stage, n in pairs for b in range(n)]

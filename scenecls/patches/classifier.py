@@ -35,34 +35,56 @@ class PatchClassifier:
     from uint8 patches to probabilities, e.g. an oracle in tests); ``predict`` returns the JSON fields.
     """
 
-    def __init__(self, classes: Sequence[str], patch_config: ml_collections.ConfigDict, analyse: Analyser,
-                 whole_image: ImageFn):
+    def __init__(
+        self,
+        classes: Sequence[str],
+        patch_config: ml_collections.ConfigDict,
+        analyse: Analyser,
+        whole_image: ImageFn,
+    ):
         """Low-level: ``analyse`` maps a prepared image to patch probabilities, ``whole_image`` to one."""
         if patch_config.mode not in MODES:
             raise ValueError(f"patch.mode must be one of {MODES}, got {patch_config.mode!r}")
         if not 0 < patch_config.stride <= patch_config.size:
-            raise ValueError(f"need 0 < patch.stride <= patch.size (every pixel covered), got "
-                             f"stride={patch_config.stride}, size={patch_config.size}")
+            raise ValueError(
+                f"need 0 < patch.stride <= patch.size (every pixel covered), got "
+                f"stride={patch_config.stride}, size={patch_config.size}"
+            )
         self.classes = tuple(classes)
         self.patch_config = patch_config
         self._analyse, self._whole_image = analyse, whole_image
 
     @classmethod
-    def from_patch_fn(cls, patch_fn: PatchFn, classes: Sequence[str], patch_config: ml_collections.ConfigDict,
-                      whole_image: ImageFn | None = None) -> "PatchClassifier":
+    def from_patch_fn(
+        cls,
+        patch_fn: PatchFn,
+        classes: Sequence[str],
+        patch_config: ml_collections.ConfigDict,
+        whole_image: ImageFn | None = None,
+    ) -> "PatchClassifier":
         """Exact mode with an injected patch function; the whole image defaults to one squeezed patch."""
         if patch_config.mode == "shared":
             raise ValueError("shared mode needs a model (from_model); a patch function supports only 'exact'")
         size = patch_config.size
-        analyse = functools.partial(analyse_exact, patch_fn=patch_fn, size=size, stride=patch_config.stride,
-                                    chunk_size=patch_config.chunk_size)
+        analyse = functools.partial(
+            analyse_exact,
+            patch_fn=patch_fn,
+            size=size,
+            stride=patch_config.stride,
+            chunk_size=patch_config.chunk_size,
+        )
         whole_image = whole_image or functools.partial(_whole_image_probs, patch_fn, size)
         return cls(classes, patch_config, analyse, whole_image)
 
     @classmethod
-    def from_model(cls, model: Classifier, variables: Any, classes: Sequence[str],
-                   config: ml_collections.ConfigDict,
-                   patch_config: ml_collections.ConfigDict | None = None) -> "PatchClassifier":
+    def from_model(
+        cls,
+        model: Classifier,
+        variables: Any,
+        classes: Sequence[str],
+        config: ml_collections.ConfigDict,
+        patch_config: ml_collections.ConfigDict | None = None,
+    ) -> "PatchClassifier":
         """A model trained with ``config`` (its image_size and variant); patches per ``patch_config``.
 
         ``patch_config`` defaults to ``config.patch``.
@@ -74,13 +96,18 @@ class PatchClassifier:
         if patch_config.mode != "shared":
             return cls.from_patch_fn(patch_fn, classes, patch_config, whole_image)
         shared = SharedModel(model, variables, image_size, mode)
-        analyse = functools.partial(shared.analyse, size=patch_config.size, stride=patch_config.stride,
-                                    chunk_size=patch_config.chunk_size)
+        analyse = functools.partial(
+            shared.analyse,
+            size=patch_config.size,
+            stride=patch_config.stride,
+            chunk_size=patch_config.chunk_size,
+        )
         return cls(classes, patch_config, analyse, whole_image)
 
     @classmethod
-    def from_workdir(cls, workdir: str,
-                     patch_config: ml_collections.ConfigDict | None = None) -> "PatchClassifier":
+    def from_workdir(
+        cls, workdir: str, patch_config: ml_collections.ConfigDict | None = None
+    ) -> "PatchClassifier":
         """The best checkpoint of a trained workdir, its classes; ``patch_config`` default: the run's."""
         trained = checkpoints.load_for_inference(workdir)
         return cls.from_model(trained.model, trained.variables, trained.classes, trained.config, patch_config)
@@ -107,8 +134,10 @@ class PatchClassifier:
         height, width = image.shape[:2]
         scale = np.array([width / prepared.shape[1], height / prepared.shape[0]] * 2)
         boxes = np.clip(np.rint(analysis.boxes * scale), 0, [width, height] * 2).astype(int)
-        patches = [{"box": box.tolist(), "class": self.classes[label], "confidence": float(probs[label])}
-                   for box, label, probs in zip(boxes, summary["labels"], analysis.probs, strict=True)]
+        patches = [
+            {"box": box.tolist(), "class": self.classes[label], "confidence": float(probs[label])}
+            for box, label, probs in zip(boxes, summary["labels"], analysis.probs, strict=True)
+        ]
         return {
             "image": path,
             "width": width,

@@ -54,22 +54,29 @@ def _chunks(n: int, chunk_size: int) -> range:
     return range(0, n, chunk_size)
 
 
+def classify_boxes(image: np.ndarray, boxes: np.ndarray, patch_fn: PatchFn, chunk_size: int) -> np.ndarray:
+    """Probabilities (n, num_classes) of equal-sized square integer ``boxes`` of ``image``, chunk by chunk."""
+    size = int(boxes[0, 2] - boxes[0, 0]) if len(boxes) else 0
+    outputs = []
+    for start in _chunks(len(boxes), chunk_size):
+        chunk_boxes = boxes[start : start + chunk_size]
+        chunk = np.zeros((chunk_size, size, size, 3), np.uint8)  # new: the device may still read the last
+        for i, (x0, y0, x1, y1) in enumerate(chunk_boxes):
+            chunk[i] = image[y0:y1, x0:x1]
+        outputs.append((patch_fn(chunk), len(chunk_boxes)))  # asynchronous: crop the next chunk meanwhile
+    return np.concatenate([np.asarray(out)[:count] for out, count in outputs])
+
+
 def analyse_exact(image: np.ndarray, patch_fn: PatchFn, size: int, stride: int, chunk_size: int) -> Analysis:
     """Classifies every ``size`` patch of ``image`` (``stride`` px apart) with ``patch_fn``, by chunks."""
     grid = patch_grid(image.shape[0], image.shape[1], size, stride)
-    outputs = []
-    for start in _chunks(len(grid.boxes), chunk_size):
-        boxes = grid.boxes[start:start + chunk_size]
-        chunk = np.zeros((chunk_size, size, size, 3), np.uint8)  # new: the device may still read the last
-        for i, (x0, y0, x1, y1) in enumerate(boxes):
-            chunk[i] = image[y0:y1, x0:x1]
-        outputs.append((patch_fn(chunk), len(boxes)))  # asynchronous: crop the next chunk meanwhile
-    probs = np.concatenate([np.asarray(out)[:count] for out, count in outputs])
+    probs = classify_boxes(image, grid.boxes, patch_fn, chunk_size)
     return Analysis(boxes=grid.boxes.astype(np.float64), rows=grid.rows, cols=grid.cols, probs=probs)
 
 
-def _classify_patch(model: Classifier, image_size: int, preprocess_mode: str, variables: Any,
-                    patch: jnp.ndarray) -> jnp.ndarray:
+def _classify_patch(
+    model: Classifier, image_size: int, preprocess_mode: str, variables: Any, patch: jnp.ndarray
+) -> jnp.ndarray:
     """Class probabilities of one uint8 (s, s, 3) patch, resized to the model's input size if needed."""
     x = patch.astype(jnp.float32)
     if x.shape[:2] != (image_size, image_size):
@@ -80,8 +87,9 @@ def _classify_patch(model: Classifier, image_size: int, preprocess_mode: str, va
 
 def model_patch_fn(model: Classifier, variables: Any, image_size: int, preprocess_mode: str) -> PatchFn:
     """The exact-mode patch function of a model: one jitted function, vmapped over a chunk of patches."""
-    batched = jax.jit(jax.vmap(functools.partial(_classify_patch, model, image_size, preprocess_mode),
-                               in_axes=(None, 0)))
+    batched = jax.jit(
+        jax.vmap(functools.partial(_classify_patch, model, image_size, preprocess_mode), in_axes=(None, 0))
+    )
     return functools.partial(batched, variables)
 
 
@@ -90,8 +98,9 @@ def _features(model: Classifier, preprocess_mode: str, variables: Any, image: jn
     return model.apply(variables, preprocess(image[None], preprocess_mode), method=Classifier.features)
 
 
-def _classify_windows(model: Classifier, window: int, variables: Any, features: jnp.ndarray,
-                      starts: jnp.ndarray) -> jnp.ndarray:
+def _classify_windows(
+    model: Classifier, window: int, variables: Any, features: jnp.ndarray, starts: jnp.ndarray
+) -> jnp.ndarray:
     """Head probabilities of the ``window``-cell squares of ``features`` (1, h, w, C) at ``starts`` (n, 2)."""
 
     def one(start: jnp.ndarray) -> jnp.ndarray:
@@ -106,11 +115,18 @@ def _classify_windows(model: Classifier, window: int, variables: Any, features: 
 class SharedModel:
     """Shared-feature analysis with a model: the backbone once per image, the head once per window."""
 
-    def __init__(self, model: Classifier, variables: Any, image_size: int, preprocess_mode: str,
-                 max_pixels: int = SHARED_MAX_PIXELS):
+    def __init__(
+        self,
+        model: Classifier,
+        variables: Any,
+        image_size: int,
+        preprocess_mode: str,
+        max_pixels: int = SHARED_MAX_PIXELS,
+    ):
         if image_size % FEATURE_STRIDE:
-            raise ValueError(f"shared mode needs config.image_size divisible by {FEATURE_STRIDE}, "
-                             f"got {image_size}")
+            raise ValueError(
+                f"shared mode needs config.image_size divisible by {FEATURE_STRIDE}, got {image_size}"
+            )
         self.variables, self.image_size, self.max_pixels = variables, image_size, max_pixels
         self.window = image_size // FEATURE_STRIDE
         self._features = jax.jit(functools.partial(_features, model, preprocess_mode))
@@ -124,9 +140,11 @@ class SharedModel:
         if cells_h * cells_w * FEATURE_STRIDE**2 > self.max_pixels:
             shrink = math.sqrt(self.max_pixels / (cells_h * cells_w * FEATURE_STRIDE**2))
             cells_h, cells_w = (max(self.window, math.floor(c * shrink)) for c in (cells_h, cells_w))
-            notes.append(f"shared mode: analysed at {cells_w * FEATURE_STRIDE}x{cells_h * FEATURE_STRIDE} px "
-                         f"(memory cap {self.max_pixels / 1e6:.1f} Mpx), so patches cover "
-                         f"{1 / shrink:.2f}x more of the image; set patch.image_scale to choose the scale")
+            notes.append(
+                f"shared mode: analysed at {cells_w * FEATURE_STRIDE}x{cells_h * FEATURE_STRIDE} px "
+                f"(memory cap {self.max_pixels / 1e6:.1f} Mpx), so patches cover "
+                f"{1 / shrink:.2f}x more of the image; set patch.image_scale to choose the scale"
+            )
         return (cells_h * FEATURE_STRIDE, cells_w * FEATURE_STRIDE), notes
 
     def stride_cells(self, stride: int, patch_size: int) -> int:
@@ -141,16 +159,18 @@ class SharedModel:
         step = self.stride_cells(stride, size)
         effective_stride = step * FEATURE_STRIDE * size / self.image_size
         if effective_stride != stride:
-            notes.append(f"shared mode: stride {stride} px rounded to {effective_stride:g} px "
-                         f"({step} feature cells)")
+            notes.append(
+                f"shared mode: stride {stride} px rounded to {effective_stride:g} px ({step} feature cells)"
+            )
         grid = patch_grid(features.shape[1], features.shape[2], self.window, step)
         starts = grid.boxes[:, [1, 0]].astype(np.int32)  # (row, col) cell offsets
         outputs = []
         for start in _chunks(len(starts), chunk_size):
             chunk = np.zeros((chunk_size, 2), np.int32)
-            chunk[:len(starts[start:start + chunk_size])] = starts[start:start + chunk_size]
+            chunk[: len(starts[start : start + chunk_size])] = starts[start : start + chunk_size]
             outputs.append(self._classify(self.variables, features, chunk))
-        probs = np.concatenate([np.asarray(out) for out in outputs])[:len(starts)]
+        probs = np.concatenate([np.asarray(out) for out in outputs])[: len(starts)]
         cell_px = FEATURE_STRIDE * np.array([width / model_w, height / model_h] * 2)
-        return Analysis(boxes=grid.boxes * cell_px, rows=grid.rows, cols=grid.cols, probs=probs,
-                        notes=tuple(notes))
+        return Analysis(
+            boxes=grid.boxes * cell_px, rows=grid.rows, cols=grid.cols, probs=probs, notes=tuple(notes)
+        )

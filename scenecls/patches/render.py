@@ -12,6 +12,7 @@ from scenecls.patches.grid import resize
 
 MAX_DRAWN_SIDE = 1600  # larger photos are drawn downscaled: the grid, not the pixels, is the message
 _DPI = 100
+_MIN_CELL_FOR_LINES = 12  # drawn pixels per cell below which cell outlines would only add noise
 
 
 def class_colors(num_classes: int) -> np.ndarray:
@@ -29,7 +30,7 @@ def _nearest(centres: np.ndarray, length: int, scale: float) -> np.ndarray:
 def overlay(image: np.ndarray, result: dict[str, Any], max_side: int = MAX_DRAWN_SIDE) -> np.ndarray:
     """The (downscaled) photo with each patch's class colour blended over the pixels nearest its centre.
 
-    Opacity grows with the patch's confidence; thin light lines separate the cells.
+    Opacity grows with the patch's confidence; thin light lines separate cells that are large enough.
     """
     height, width = image.shape[:2]
     scale = min(1.0, max_side / max(height, width))
@@ -45,10 +46,11 @@ def overlay(image: np.ndarray, result: dict[str, Any], max_side: int = MAX_DRAWN
     colors = class_colors(len(index))[labels[ys][:, xs]]
     alpha = (0.25 + 0.35 * confidence[ys][:, xs])[..., None]
     blended = drawn * (1 - alpha) + colors * alpha
-    edges = np.zeros(drawn.shape[:2], bool)
-    edges[1:] |= (ys[1:] != ys[:-1])[:, None]
-    edges[:, 1:] |= (xs[1:] != xs[:-1])[None, :]
-    blended[edges] = 0.6 * blended[edges] + 0.4
+    if min(drawn.shape[0] / rows, drawn.shape[1] / cols) >= _MIN_CELL_FOR_LINES:
+        edges = np.zeros(drawn.shape[:2], bool)
+        edges[1:] |= (ys[1:] != ys[:-1])[:, None]
+        edges[:, 1:] |= (xs[1:] != xs[:-1])[None, :]
+        blended[edges] = 0.6 * blended[edges] + 0.4
     return (np.clip(blended, 0, 1) * 255).astype(np.uint8)
 
 
@@ -57,8 +59,10 @@ def title(result: dict[str, Any]) -> str:
     major = result["major"]
     secondary = ", ".join(f"{s['class']} ({s['coverage']:.0%})" for s in result["secondary"]) or "none"
     whole = result["whole_image"]
-    return (f"Major: {major} ({result['coverage'][major]:.0%}) · secondary: {secondary} · "
-            f"whole image: {whole['class']} ({whole['confidence']:.2f})")
+    return (
+        f"Major: {major} ({result['coverage'][major]:.0%}) · secondary: {secondary} · "
+        f"whole image: {whole['class']} ({whole['confidence']:.2f})"
+    )
 
 
 def render(image: np.ndarray, result: dict[str, Any], path: str, max_side: int = MAX_DRAWN_SIDE) -> None:
@@ -72,14 +76,23 @@ def render(image: np.ndarray, result: dict[str, Any], path: str, max_side: int =
     ax.imshow(drawn, interpolation="antialiased")
     ax.set_axis_off()
     patch = result["patch"]
-    ax.set_title(f"{title(result)}\n{result['image'] or 'image'}: {result['grid']['rows']}x"
-                 f"{result['grid']['cols']} patches of {patch['size']} px, stride {patch['stride']}, "
-                 f"{patch['mode']} mode", fontsize=10)
+    ax.set_title(
+        f"{title(result)}\n{result['image'] or 'image'}: {result['grid']['rows']}x"
+        f"{result['grid']['cols']} patches of {patch['size']} px, stride {patch['stride']}, "
+        f"{patch['mode']} mode",
+        fontsize=10,
+    )
     colors = class_colors(len(result["classes"]))
-    handles = [Patch(color=colors[c], label=f"{name} {result['coverage'][name]:.1%}")
-               for c, name in enumerate(result["classes"])]
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), int(fig_width / 1.6)),
-               fontsize=9, frameon=False)
+    handles = [
+        Patch(color=colors[c], label=f"{name} {result['coverage'][name]:.1%}")
+        for c, name in enumerate(result["classes"])
+    ]
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncols=min(len(handles), int(fig_width / 1.6)),
+        fontsize=9,
+        frameon=False,
+    )
     fig.savefig(path, format="png", dpi=_DPI)
     fig.clear()
-

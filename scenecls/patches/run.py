@@ -34,12 +34,19 @@ def expand_inputs(spec: str, exclude: str = "") -> tuple[list[str], list[str]]:
             files.append(item)
             continue
         if os.path.isdir(item):
-            found = [os.path.join(root, name) for root, _, names in os.walk(item) for name in names
-                     if not _hidden(os.path.join(root, name), item)]
+            found = [
+                os.path.join(root, name)
+                for root, _, names in os.walk(item)
+                for name in names
+                if not _hidden(os.path.join(root, name), item)
+            ]
         else:
             found = [p for p in glob.glob(item, recursive=True) if os.path.isfile(p)]
-        images = sorted(p for p in found if has_image_extension(p) and not is_ignored(p)
-                        and not (exclude and _is_under(p, exclude)))
+        images = sorted(
+            p
+            for p in found
+            if has_image_extension(p) and not is_ignored(p) and not (exclude and _is_under(p, exclude))
+        )
         if not images:
             errors.append(f"{item}: no such file, or no image files in it")
         files.extend(images)
@@ -64,8 +71,11 @@ def output_names(paths: Sequence[str]) -> list[str]:
     """
     common = os.path.commonpath([os.path.abspath(p) for p in paths]) if len(paths) > 1 else ""
     relative = [os.path.relpath(os.path.abspath(p), common) if common else os.path.basename(p) for p in paths]
-    levels = [[os.path.splitext(os.path.basename(p))[0] for p in paths],
-              [os.path.splitext(r)[0] for r in relative], relative]
+    levels = [
+        [os.path.splitext(os.path.basename(p))[0] for p in paths],
+        [os.path.splitext(r)[0] for r in relative],
+        relative,
+    ]
     names = levels[0]
     for level in levels[1:]:
         clashes = Counter(name.lower() for name in names)
@@ -79,12 +89,29 @@ def output_names(paths: Sequence[str]) -> list[str]:
     return unique
 
 
+def to_json(result: dict[str, Any]) -> str:
+    """The result as JSON, one field per line and one patch per line (readable, and small for big grids)."""
+    fields = [
+        f' "{key}": '
+        + (
+            "[\n" + ",\n".join(f"  {json.dumps(p)}" for p in value) + "\n ]"
+            if key == "patches" and value
+            else json.dumps(value)
+        )
+        for key, value in result.items()
+    ]
+    return "{\n" + ",\n".join(fields) + "\n}\n"
+
+
 def summary_row(result: dict[str, Any] | None, path: str, name: str, error: str = "") -> dict[str, Any]:
     """One summary.csv row; failed files keep their row with the error."""
     row = {"file": path, "output": name, "major": "", "secondary": "", "whole_image": "", "error": error}
     if result:
-        row.update(major=result["major"], whole_image=result["whole_image"]["class"],
-                   secondary=";".join(f"{s['class']}:{s['coverage']:.4f}" for s in result["secondary"]))
+        row.update(
+            major=result["major"],
+            whole_image=result["whole_image"]["class"],
+            secondary=";".join(f"{s['class']}:{s['coverage']:.4f}" for s in result["secondary"]),
+        )
         row.update({f"coverage_{c}": f"{v:.4f}" for c, v in result["coverage"].items()})
     return row
 
@@ -117,10 +144,12 @@ def infer_files(classifier: PatchClassifier, paths: Sequence[str], out_dir: str)
             continue
         result.update(image=path, seconds=time.perf_counter() - start)
         with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
-            json.dump(result, f, indent=1)
+            f.write(to_json(result))
         render(image, result, os.path.join(out_dir, f"{name}.png"))
-        print(f"{path}: {title(result)}; {len(result['patches'])} patches in {result['seconds']:.2f}s "
-              f"-> {os.path.join(out_dir, name)}.json/.png")
+        print(
+            f"{path}: {title(result)}; {len(result['patches'])} patches in {result['seconds']:.2f}s "
+            f"-> {os.path.join(out_dir, name)}.json/.png"
+        )
         for note in result["notes"]:
             print(f"  note: {note}")
         rows.append(summary_row(result, path, name))
