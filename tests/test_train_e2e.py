@@ -94,3 +94,43 @@ def test_foreign_workdir_is_refused(trained):
     other.data.source_dir = os.path.join(workdir, "synthetic_source")
     with pytest.raises(checkpoints.WorkdirError, match="model.head"):
         train.train_and_evaluate(other, workdir)
+
+
+def test_evaluate_on_another_labelled_folder(trained, tmp_path):
+    from scenecls import evaluate
+    from scenecls.data import synthetic
+
+    config, workdir, _ = trained
+    other = str(tmp_path / "new_photos")
+    synthetic.write_dataset(other, per_class=2, size=(72, 96), seed=7)
+    eval_config = config.copy_and_resolve_references()
+    eval_config.eval.source_dir = other
+    metrics = evaluate.evaluate(eval_config, workdir)
+    assert metrics["num_examples"] == 10
+    assert metrics["classes"] == list(checkpoints.load_for_inference(workdir).classes)
+
+
+def test_cli_reports_a_missing_run_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scenecls.main",
+            "--config=configs/tiny.py",
+            f"--workdir={tmp_path}",
+            "--mode=evaluate",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("scenecls: error:")]
+    assert len(errors) == 1 and "run --mode=train first" in errors[0]
+    assert "Traceback" not in result.stderr
