@@ -29,6 +29,7 @@ def get_config():
     config.early_stopping.patience = 4
     config.reduce_lr.patience = 2
     config.log_every_steps = 20
+    config.infer.demo_composites = 3
     config.patch.size = 64
     config.patch.stride = 32
     return config

@@ -82,6 +82,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.infer = ml_collections.ConfigDict()
     config.infer.inputs = ""  # files, folders or globs, comma separated
     config.infer.output_dir = ""  # empty: <workdir>/infer
+    config.infer.demo_composites = 0  # > 0: after training, classify this many synthetic composites
     config.patch = ml_collections.ConfigDict()
     config.patch.size = 224
     config.patch.stride = 112

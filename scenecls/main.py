@@ -50,7 +50,7 @@ def main(argv: list[str]) -> int:
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
-    from scenecls import evaluate, patches, train
+    from scenecls import demo, evaluate, patches, train
     from scenecls.data import builder
 
     logging.get_absl_handler().addFilter(_QuietLibraries())
@@ -60,6 +60,8 @@ def main(argv: list[str]) -> int:
     try:
         if mode == "train":
             train.train_and_evaluate(config, workdir)
+            if config.infer.demo_composites:
+                return demo.run_demo_inference(config, workdir)
         elif mode == "evaluate":
             evaluate.evaluate(config, workdir)
         elif mode == "infer":
