@@ -12,7 +12,7 @@ from scenecls.config import default_config
 def get_config():
     """Returns the demo config."""
     config = default_config()
-    config.data.synthetic_per_class = 80
+    config.data.synthetic_per_class = 120
     config.data.store_shorter_side = 80
     config.image_size = 64
     config.batch_size = 16
@@ -22,7 +22,7 @@ def get_config():
     config.model.dropout_rate = 0.3
     config.stage1.epochs = 3
     config.stage1.learning_rate = 3e-3
-    config.stage2.epochs = 8
+    config.stage2.epochs = 10
     config.stage2.learning_rate = 1e-3
     config.stage2.trainable = (".*",)
     config.stage2.train_batchnorm = True

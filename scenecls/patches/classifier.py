@@ -50,6 +50,8 @@ class PatchClassifier:
                 f"need 0 < patch.stride <= patch.size (every pixel covered), got "
                 f"stride={patch_config.stride}, size={patch_config.size}"
             )
+        if patch_config.chunk_size < 1:
+            raise ValueError(f"patch.chunk_size must be >= 1, got {patch_config.chunk_size}")
         self.classes = tuple(classes)
         self.patch_config = patch_config
         self._analyse, self._whole_image = analyse, whole_image

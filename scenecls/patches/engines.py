@@ -35,7 +35,7 @@ from scenecls.preprocessing import preprocess
 
 # uint8 patches (n, size, size, 3) -> class probabilities (n, num_classes).
 PatchFn = Callable[[np.ndarray], Any]
-SHARED_MAX_PIXELS = 4096 * 3072  # a 12.6 Mpx phone photo: about 3 GB of backbone activations (ResNet-50)
+SHARED_MAX_PIXELS = 4096 * 3072  # 12.6 Mpx: a 4000x3000 photo peaks at about 5 GB (ResNet-50, float32, CPU)
 
 
 class Analysis(NamedTuple):
@@ -129,8 +129,8 @@ class SharedModel:
             )
         self.variables, self.image_size, self.max_pixels = variables, image_size, max_pixels
         self.window = image_size // FEATURE_STRIDE
-        self._features = jax.jit(functools.partial(_features, model, preprocess_mode))
-        self._classify = jax.jit(functools.partial(_classify_windows, model, self.window))
+        self._backbone = jax.jit(functools.partial(_features, model, preprocess_mode))
+        self._head = jax.jit(functools.partial(_classify_windows, model, self.window))
 
     def model_scale_size(self, height: int, width: int, patch_size: int) -> tuple[tuple[int, int], list[str]]:
         """Size (multiples of 32 px) the backbone sees so a patch is ``window`` cells, and notes."""
@@ -155,7 +155,7 @@ class SharedModel:
         """Patch probabilities of ``image`` with the backbone run once (see the module docstring)."""
         height, width = image.shape[:2]
         (model_h, model_w), notes = self.model_scale_size(height, width, size)
-        features = self._features(self.variables, resize(image, model_h, model_w))
+        features = self._backbone(self.variables, resize(image, model_h, model_w))
         step = self.stride_cells(stride, size)
         effective_stride = step * FEATURE_STRIDE * size / self.image_size
         if effective_stride != stride:
@@ -168,7 +168,7 @@ class SharedModel:
         for start in _chunks(len(starts), chunk_size):
             chunk = np.zeros((chunk_size, 2), np.int32)
             chunk[: len(starts[start : start + chunk_size])] = starts[start : start + chunk_size]
-            outputs.append(self._classify(self.variables, features, chunk))
+            outputs.append(self._head(self.variables, features, chunk))
         probs = np.concatenate([np.asarray(out) for out in outputs])[: len(starts)]
         cell_px = FEATURE_STRIDE * np.array([width / model_w, height / model_h] * 2)
         return Analysis(

@@ -91,16 +91,14 @@ def output_names(paths: Sequence[str]) -> list[str]:
 
 def to_json(result: dict[str, Any]) -> str:
     """The result as JSON, one field per line and one patch per line (readable, and small for big grids)."""
-    fields = [
-        f' "{key}": '
-        + (
-            "[\n" + ",\n".join(f"  {json.dumps(p)}" for p in value) + "\n ]"
-            if key == "patches" and value
-            else json.dumps(value)
-        )
-        for key, value in result.items()
-    ]
-    return "{\n" + ",\n".join(fields) + "\n}\n"
+    lines = []
+    for key, value in result.items():
+        if key == "patches" and value:
+            text = "[\n" + ",\n".join(f"  {json.dumps(patch)}" for patch in value) + "\n ]"
+        else:
+            text = json.dumps(value)
+        lines.append(f" {json.dumps(key)}: {text}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
 def summary_row(result: dict[str, Any] | None, path: str, name: str, error: str = "") -> dict[str, Any]:
