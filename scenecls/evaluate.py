@@ -33,6 +33,11 @@ def eval_step(
     }
 
 
+# Jitted once at module level; the model and mode are static (hashable), so every epoch's
+# validation pass reuses the compiled step.
+_jitted_eval_step = jax.jit(eval_step, static_argnames=("model", "preprocess_mode"))
+
+
 def predict_split(
     model: Classifier,
     variables: dict[str, Any],
@@ -40,7 +45,7 @@ def predict_split(
     preprocess_mode: str,
 ) -> dict[str, Any]:
     """Runs a masked eval iterator; returns files, labels, probs (padding dropped) and mean loss/accuracy."""
-    step = jax.jit(functools.partial(eval_step, model=model, preprocess_mode=preprocess_mode))
+    step = functools.partial(_jitted_eval_step, model=model, preprocess_mode=preprocess_mode)
     files, labels, probs = [], [], []
     totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
     for batch in batches:
