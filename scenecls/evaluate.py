@@ -67,14 +67,18 @@ def predict_split(
 
 
 def evaluation_data(
-    config: ml_collections.ConfigDict, workdir: str, classes: tuple[str, ...]
+    config: ml_collections.ConfigDict, workdir: str, trained: checkpoints.InferenceModel
 ) -> tuple[Any, str]:
-    """The prepared data and split to evaluate on: the run's test split, or all of eval.source_dir."""
+    """The prepared data and split to evaluate on.
+
+    The run's own test split (from the data config stored with the run, so the command line need not
+    repeat it), or all of ``config.eval.source_dir`` when that is set.
+    """
     if not config.eval.source_dir:
-        return builder.prepare(config.data, workdir), "test"
-    data_config = ml_collections.ConfigDict(config.data.to_dict())
+        return builder.prepare(trained.config.data, workdir), "test"
+    data_config = ml_collections.ConfigDict(trained.config.data.to_dict())
     data_config.source_dir = config.eval.source_dir
-    data_config.classes = tuple(classes)
+    data_config.classes = tuple(trained.classes)
     data_config.prepared_dir = os.path.join(workdir, "eval_prepared")
     data_config.synthetic_per_class = 0
     data_config.split = (0.0, 0.0, 1.0)
@@ -84,7 +88,7 @@ def evaluation_data(
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Evaluates the best checkpoint of ``workdir``; writes and returns the metrics."""
     trained = checkpoints.load_for_inference(workdir)
-    prepared, split = evaluation_data(config, workdir, trained.classes)
+    prepared, split = evaluation_data(config, workdir, trained)
     if tuple(prepared.classes) != tuple(trained.classes):
         raise checkpoints.WorkdirError(
             f"evaluation data classes {list(prepared.classes)} differ from the "

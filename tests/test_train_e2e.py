@@ -134,3 +134,17 @@ def test_cli_reports_a_missing_run_in_one_line(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("scenecls: error:")]
     assert len(errors) == 1 and "run --mode=train first" in errors[0]
     assert "Traceback" not in result.stderr
+
+
+def test_evaluate_uses_the_runs_own_test_split(trained):
+    """--mode=evaluate needs no data flags: the run's stored data config finds its test split."""
+    from conftest import load_config
+
+    from scenecls import evaluate
+
+    _, workdir, metrics = trained
+    bare = load_config("tiny")
+    bare.data.synthetic_per_class = 0  # on its own this config has no data at all
+    again = evaluate.evaluate(bare, workdir)
+    assert again["num_examples"] == metrics["num_examples"]
+    assert again["accuracy"] == pytest.approx(metrics["accuracy"])
