@@ -110,12 +110,7 @@ def train_small_model(steps: int, batch_size: int = 16, seed: int = 0):
     model = build_classifier(config.model, len(CLASSES))
     variables = jax.jit(model.init)(jax.random.PRNGKey(seed), jnp.zeros((1, 224, 224, 3)))
     labels = freeze.param_labels(variables["params"], variables["batch_stats"], (".*",), train_batchnorm=True)
-    state = train.TrainState.create(
-        apply_fn=model.apply,
-        params=variables["params"],
-        tx=train.make_optimizer(labels),
-        batch_stats=variables["batch_stats"],
-    )
+    state = train.create_train_state(model, variables, labels)
     step = jax.jit(
         lambda s, b, k: train.train_step(
             s, b, jnp.float32(2e-3), k, jnp.ones(len(CLASSES)), preprocess_mode="torch", batchnorm_train=True

@@ -58,12 +58,7 @@ def main() -> None:
         labels = freeze.param_labels(variables["params"], variables["batch_stats"], config[stage].trainable)
         boundary = freeze.gradient_boundary(labels, block_names(config.model.stage_sizes))
         stage_model = build_classifier(config.model, num_classes, gradient_boundary=boundary)
-        state = train.TrainState.create(
-            apply_fn=stage_model.apply,
-            params=variables["params"],
-            tx=train.make_optimizer(labels),
-            batch_stats=variables["batch_stats"],
-        )
+        state = train.create_train_state(stage_model, variables, labels)
         step = jax.jit(functools.partial(train.train_step, preprocess_mode="caffe", batchnorm_train=False))
         args_ = (batch, jnp.float32(1e-5), jax.random.PRNGKey(0), jnp.ones((num_classes,)))
         results[stage] = batch_size / _time(functools.partial(_loss_of_step, step, state, args_), args.steps)

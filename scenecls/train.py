@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -62,6 +63,16 @@ def make_optimizer(labels: Any) -> optax.GradientTransformation:
     """
     return optax.partition(
         {freeze.TRAINABLE: optax.scale_by_adam(eps=1e-7), freeze.FROZEN: optax.set_to_zero()}, labels
+    )
+
+
+def create_train_state(model: nn.Module, variables: dict[str, Any], labels: Any) -> TrainState:
+    """A fresh TrainState for ``model`` whose optimizer trains the leaves labelled trainable."""
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=make_optimizer(labels),
+        batch_stats=variables["batch_stats"],
     )
 
 
@@ -293,12 +304,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         boundary = freeze.gradient_boundary(labels, block_names(config.model.stage_sizes))
         logging.info("%s: gradients stop at %s", stage, boundary or "nothing (full backprop)")
         model = build_classifier(config.model, num_classes, gradient_boundary=boundary)
-        state = TrainState.create(
-            apply_fn=model.apply,
-            params=variables["params"],
-            tx=make_optimizer(labels),
-            batch_stats=variables["batch_stats"],
-        )
+        state = create_train_state(model, variables, labels)
         progress = StageProgress(epochs_done=0, learning_rate=stage_config.learning_rate)
         if resume and resume["stage"] == stage:
             state = state.replace(

@@ -18,12 +18,7 @@ def _setup(config, rules, train_batchnorm=False):
     labels = freeze.param_labels(variables["params"], variables["batch_stats"], rules, train_batchnorm)
     boundary = freeze.gradient_boundary(labels, block_names(config.model.stage_sizes))
     model = build_classifier(config.model, num_classes=5, gradient_boundary=boundary)
-    state = train.TrainState.create(
-        apply_fn=model.apply,
-        params=variables["params"],
-        tx=train.make_optimizer(labels),
-        batch_stats=variables["batch_stats"],
-    )
+    state = train.create_train_state(model, variables, labels)
     step = jax.jit(
         functools.partial(train.train_step, preprocess_mode="caffe", batchnorm_train=train_batchnorm)
     )
