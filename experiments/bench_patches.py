@@ -33,10 +33,10 @@ import numpy as np
 from scenecls import freeze, train
 from scenecls.config import default_config
 from scenecls.data import synthetic
+from scenecls.data.images import resize
 from scenecls.models import build_classifier
 from scenecls.patches import PatchClassifier
 from scenecls.patches.engines import SharedModel, classify_boxes, model_patch_fn
-from scenecls.patches.grid import resize
 from scenecls.patches.render import render
 from scenecls.preprocessing import mode_for_variant, preprocess
 

@@ -97,14 +97,18 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
+def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear (antialiased when shrinking) resize of a uint8 RGB image; a no-op at the same size."""
+    if image.shape[:2] == (height, width):
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+
+
 def resize_shorter_side(image: np.ndarray, size: int) -> np.ndarray:
     """Resizes (up or down, antialiased) so the shorter side is ``size``, keeping the aspect ratio."""
     height, width = image.shape[:2]
     scale = size / min(height, width)
-    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    if new_size == (width, height):
-        return image
-    return np.asarray(Image.fromarray(image).resize(new_size, Image.Resampling.BILINEAR, reducing_gap=None))
+    return resize(image, max(1, round(height * scale)), max(1, round(width * scale)))
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:

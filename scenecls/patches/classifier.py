@@ -10,10 +10,10 @@ import ml_collections
 import numpy as np
 
 from scenecls import checkpoints
-from scenecls.data.images import load_rgb
+from scenecls.data.images import load_rgb, resize
 from scenecls.models import Classifier
 from scenecls.patches.engines import Analysis, PatchFn, SharedModel, analyse_exact, model_patch_fn
-from scenecls.patches.grid import prepare_image, resize
+from scenecls.patches.grid import prepare_image
 from scenecls.patches.summary import summarize
 from scenecls.preprocessing import mode_for_variant
 

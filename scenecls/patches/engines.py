@@ -28,9 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scenecls.data.images import resize
 from scenecls.models import Classifier
 from scenecls.models.resnet import FEATURE_STRIDE
-from scenecls.patches.grid import patch_grid, resize
+from scenecls.patches.grid import patch_grid
 from scenecls.preprocessing import preprocess
 
 # uint8 patches (n, size, size, 3) -> class probabilities (n, num_classes).

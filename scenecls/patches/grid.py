@@ -3,7 +3,8 @@
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image
+
+from scenecls.data.images import resize
 
 # An upscaled or image_scale-resized image keeps its aspect ratio, except that its longer side never grows
 # beyond max(its original length, this many times the shorter side): a 1x4000 strip becomes 224x4000,
@@ -50,13 +51,6 @@ def scaled_size(height: int, width: int, shorter: int) -> tuple[int, int]:
     if height <= width:
         return shorter, max(shorter, min(round(width * scale), cap))
     return max(shorter, min(round(height * scale), cap)), shorter
-
-
-def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear (antialiased when shrinking) resize of a uint8 RGB image."""
-    if image.shape[:2] == (height, width):
-        return image
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
 
 
 def prepare_image(image: np.ndarray, patch_size: int, image_scale: int = 0) -> tuple[np.ndarray, list[str]]:

@@ -8,7 +8,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from scenecls.patches.grid import resize
+from scenecls.data.images import resize
 
 MAX_DRAWN_SIDE = 1600  # larger photos are drawn downscaled: the grid, not the pixels, is the message
 _DPI = 100
