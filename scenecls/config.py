@@ -51,6 +51,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.pretrained = "none"
 
     config.class_weights = True  # inverse-frequency weights in the loss
+    # Stage 1 with no augmentation: run the frozen backbone once per image and train the head on stored
+    # features (same results, a fraction of the cost; see scenecls/feature_cache.py).
+    config.cache_features = True
 
     # Two-stage transfer learning. `trainable` is an ordered list of regexes
     # over parameter paths (e.g. "backbone/conv5_block3_2_conv/kernel");

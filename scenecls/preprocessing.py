@@ -2,11 +2,12 @@
 
 - ``caffe`` (Keras ResNet50): RGB -> BGR, subtract the ImageNet BGR mean, no scaling.
 - ``torch`` (torchvision/timm): x / 255, subtract mean and divide by std per RGB channel.
+- ``none``: a float32 cast only, for inputs that are not pixels (cached backbone features).
 """
 
 import numpy as np
 
-MODES = ("caffe", "torch")
+MODES = ("caffe", "torch", "none")
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)
@@ -29,6 +30,8 @@ def preprocess(images, mode: str):
     if mode not in MODES:
         raise ValueError(f"unknown preprocessing mode {mode!r}; expected one of {MODES}")
     x = _to_float32(images)
+    if mode == "none":
+        return x
     if mode == "caffe":
         return x[..., ::-1] - np.asarray(_CAFFE_BGR_MEAN, np.float32)
     return (x / 255.0 - np.asarray(_TORCH_MEAN, np.float32)) / np.asarray(_TORCH_STD, np.float32)

@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -24,7 +24,7 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from scenecls import checkpoints, evaluate, freeze, plots, pretrained, summaries
+from scenecls import checkpoints, evaluate, feature_cache, freeze, plots, pretrained, summaries
 from scenecls.data import builder, pipeline
 from scenecls.models import block_names, build_classifier
 from scenecls.preprocessing import mode_for_variant, preprocess
@@ -304,7 +304,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         boundary = freeze.gradient_boundary(labels, block_names(config.model.stage_sizes))
         logging.info("%s: gradients stop at %s", stage, boundary or "nothing (full backprop)")
         model = build_classifier(config.model, num_classes, gradient_boundary=boundary)
-        state = create_train_state(model, variables, labels)
+        train_batches, val_batches, model_inputs = _stage_inputs(
+            config, stage, boundary, model, variables, prepared, mode, workdir
+        )
+        state = create_train_state(model_inputs.model, variables, labels)
         progress = StageProgress(epochs_done=0, learning_rate=stage_config.learning_rate)
         if resume and resume["stage"] == stage:
             state = state.replace(
@@ -319,7 +322,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             )
         records = history.setdefault(stage, [])
         step_fn = jax.jit(
-            functools.partial(train_step, preprocess_mode=mode, batchnorm_train=stage_config.train_batchnorm),
+            functools.partial(
+                train_step,
+                preprocess_mode=model_inputs.preprocess_mode,
+                batchnorm_train=stage_config.train_batchnorm,
+            ),
             donate_argnums=0,
         )
         dropout_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), stage_index)
@@ -334,7 +341,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             state, train_metrics = _train_epoch(
                 state,
                 step_fn,
-                pipeline.train_batches(prepared, config, epoch=global_epoch),
+                train_batches(global_epoch),
                 progress,
                 dropout_key,
                 class_weights,
@@ -342,7 +349,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             )
             eval_variables = {"params": state.params, "batch_stats": state.batch_stats}
             val = evaluate.predict_split(
-                model, eval_variables, pipeline.eval_batches(prepared, "validation", config), mode
+                model_inputs.model, eval_variables, val_batches(), model_inputs.preprocess_mode
             )
             record = {
                 "epoch": epoch,
@@ -379,6 +386,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             )
             _write_history(workdir, history)
         logging.info("%s", _stage_summary(stage, records, progress))
+        feature_cache.remove(_cache_dir(workdir))
         variables = _best_variables(workdir, stage)
         epoch_offset += stage_config.epochs
         resume = None
@@ -386,6 +394,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     _write_history(workdir, history)
     plots.plot_curves(history, os.path.join(workdir, "curves.png"))
     return evaluate.evaluate(config, workdir)
+
+
+class _ModelInputs(NamedTuple):
+    """The model a stage trains and how its inputs are preprocessed (images, or cached features)."""
+
+    model: nn.Module
+    preprocess_mode: str
+
+
+def _cache_dir(workdir: str) -> str:
+    return os.path.join(workdir, "feature_cache")
+
+
+def _stage_inputs(
+    config: ml_collections.ConfigDict,
+    stage: str,
+    boundary: str | None,
+    model: nn.Module,
+    variables: dict[str, Any],
+    prepared: builder.PreparedData,
+    mode: str,
+    workdir: str,
+) -> tuple[Callable[[int], Iterator], Callable[[], Iterator], _ModelInputs]:
+    """A stage's training batches (per epoch), validation batches and model: cached features when exact."""
+    reason = feature_cache.unusable_reason(config, stage, boundary)
+    if reason:
+        logging.info("%s: training on images (no feature cache: %s)", stage, reason)
+        return (
+            lambda epoch: pipeline.train_batches(prepared, config, epoch=epoch),
+            lambda: pipeline.eval_batches(prepared, "validation", config),
+            _ModelInputs(model, mode),
+        )
+    logging.info("%s: frozen backbone and no augmentation, caching its features once", stage)
+    cached = {
+        split: feature_cache.cache_split(model, variables, prepared, split, config, mode, _cache_dir(workdir))
+        for split in ("train", "validation")
+    }
+    return (
+        lambda epoch: feature_cache.train_batches(cached["train"], prepared, config, epoch),
+        lambda: feature_cache.eval_batches(cached["validation"], config.eval_batch_size),
+        _ModelInputs(model.clone(inputs="features"), feature_cache.FEATURE_MODE),
+    )
 
 
 def _state_tree(state: TrainState) -> dict[str, Any]:

@@ -74,12 +74,44 @@ def train_batches(
         seed = tf.stack([tf.constant(augment_seed, tf.int64), index * process_count + process_index])
         return {"image": _augment(batch["image"], config.augment, seed), "label": batch["label"]}
 
-    ds = _read(prepared, "train")
-    ds = ds.shuffle(config.data.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-    ds = ds.take(steps_per_epoch(prepared, config) * config.batch_size).shard(process_count, process_index)
+    ds = _epoch_selection(
+        _read(prepared, "train"), prepared, config, shuffle_seed, process_index, process_count
+    )
     ds = ds.map(decode, num_parallel_calls=_AUTOTUNE)
     ds = ds.batch(config.batch_size // process_count, drop_remainder=True).enumerate()
     return ds.map(augment, num_parallel_calls=_AUTOTUNE).prefetch(_AUTOTUNE).as_numpy_iterator()
+
+
+def train_order(
+    prepared: PreparedData,
+    config: ml_collections.ConfigDict,
+    epoch: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> np.ndarray:
+    """Stored-order indices of the examples ``train_batches`` yields for ``epoch``, shape (steps, B).
+
+    The same shuffle over a range of indices instead of the examples (tf.data's shuffle order depends only
+    on its seed, buffer and length), so cached per-example data can be served in the images' order.
+    """
+    shuffle_seed, _ = epoch_seeds(config.seed, epoch)
+    indices = tf.data.Dataset.range(sum(prepared.counts["train"]))
+    ds = _epoch_selection(indices, prepared, config, shuffle_seed, process_index, process_count)
+    order = np.fromiter(ds.as_numpy_iterator(), np.int64)
+    return order.reshape(-1, config.batch_size // process_count)
+
+
+def _epoch_selection(
+    ds: tf.data.Dataset,
+    prepared: PreparedData,
+    config: ml_collections.ConfigDict,
+    shuffle_seed: int,
+    process_index: int,
+    process_count: int,
+) -> tf.data.Dataset:
+    """An epoch's shuffled whole batches of the training split, this process's shard of them."""
+    ds = ds.shuffle(config.data.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+    return ds.take(steps_per_epoch(prepared, config) * config.batch_size).shard(process_count, process_index)
 
 
 def eval_batches(

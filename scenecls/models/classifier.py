@@ -17,6 +17,8 @@ class Classifier(nn.Module):
 
     backbone: ResNet50
     head: InceptionHead | GapHead
+    # "features": inputs are already the backbone's feature maps (a feature cache); the backbone is skipped.
+    inputs: str = "images"
 
     def __call__(
         self,
@@ -31,7 +33,10 @@ class Classifier(nn.Module):
         BatchNorm use and update batch statistics. Frozen BatchNorm trains with
         ``train=True, batchnorm_train=False``.
         """
-        features = self.backbone(images, train=train if batchnorm_train is None else batchnorm_train)
+        if self.inputs == "features":
+            features = images
+        else:
+            features = self.backbone(images, train=train if batchnorm_train is None else batchnorm_train)
         logits = self.head(features, train=train)
         return (logits, features) if return_features else logits
 
