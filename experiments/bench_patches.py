@@ -150,7 +150,7 @@ def agreement(config, model, variables, composites: int, strides: tuple[int, ...
     for seed in range(composites):
         image, mask, _ = synthetic.make_composite(HEIGHT, WIDTH, seed=100 + seed, regions=5, unit=UNIT)
         for stride in strides:
-            analysis = shared.analyse(image, config.patch.size, stride, config.patch.chunk_size)
+            analysis = shared.analyse(image, config.patch.size, stride)
             boxes = np.rint(analysis.boxes).astype(int)  # exact pixel boxes: the size is a multiple of 32
             exact = classify_boxes(image, boxes, patch_fn, config.patch.chunk_size).argmax(1)
             shared_labels, truth = analysis.probs.argmax(1), _mask_labels(mask, boxes)

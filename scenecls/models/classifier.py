@@ -44,6 +44,6 @@ class Classifier(nn.Module):
         """The backbone's final feature map (N, H/32, W/32, C)."""
         return self.backbone(images, train=train)
 
-    def classify(self, features: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        """Head logits for a batch of feature maps."""
-        return self.head(features, train=train)
+    def classify(self, features: jnp.ndarray, train: bool = False, window: int | None = None) -> jnp.ndarray:
+        """Head logits for a batch of feature maps, or for each ``window``-cell square of them."""
+        return self.head(features, train=train, window=window)

@@ -21,7 +21,7 @@ class InceptionHead(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, features: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    def __call__(self, features: jnp.ndarray, train: bool = False, window: int | None = None) -> jnp.ndarray:
         branches = [
             nn.relu(
                 nn.Conv(self.filters, (k, k), padding="SAME", dtype=self.dtype, name=f"branch_{k}x{k}")(
@@ -31,7 +31,7 @@ class InceptionHead(nn.Module):
             for k in self.kernel_sizes
         ]
         x = jnp.concatenate(branches, axis=-1)
-        return _pool_and_classify(self, x, train)
+        return _pool_and_classify(self, x, train, window)
 
 
 class GapHead(nn.Module):
@@ -42,12 +42,22 @@ class GapHead(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, features: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        return _pool_and_classify(self, features, train)
+    def __call__(self, features: jnp.ndarray, train: bool = False, window: int | None = None) -> jnp.ndarray:
+        return _pool_and_classify(self, features, train, window)
 
 
-def _pool_and_classify(head: InceptionHead | GapHead, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    """Global average pool, dropout and the dense logits layer, in float32."""
-    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+def _pool_and_classify(
+    head: InceptionHead | GapHead, x: jnp.ndarray, train: bool, window: int | None
+) -> jnp.ndarray:
+    """Average pool, dropout and the dense logits layer, in float32.
+
+    ``window=None`` pools the whole map (logits (N, classes)); ``window=w`` pools every w x w window of it
+    (logits (N, h - w + 1, w_ - w + 1, classes)), i.e. the head's output for each window at once.
+    """
+    x = x.astype(jnp.float32)
+    if window is None:
+        x = jnp.mean(x, axis=(1, 2))
+    else:
+        x = nn.avg_pool(x, (window, window), strides=(1, 1), padding="VALID")
     x = nn.Dropout(head.dropout_rate, deterministic=not train)(x)
     return nn.Dense(head.num_classes, dtype=jnp.float32, name="logits")(x)

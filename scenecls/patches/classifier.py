@@ -98,12 +98,7 @@ class PatchClassifier:
         if patch_config.mode != "shared":
             return cls.from_patch_fn(patch_fn, classes, patch_config, whole_image)
         shared = SharedModel(model, variables, image_size, mode)
-        analyse = functools.partial(
-            shared.analyse,
-            size=patch_config.size,
-            stride=patch_config.stride,
-            chunk_size=patch_config.chunk_size,
-        )
+        analyse = functools.partial(shared.analyse, size=patch_config.size, stride=patch_config.stride)
         return cls(classes, patch_config, analyse, whole_image)
 
     @classmethod

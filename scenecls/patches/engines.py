@@ -5,14 +5,13 @@ single compiled function serves every image size and memory stays at one chunk o
 the photo. Each patch is resized to the model's input size (``config.image_size``) inside that function
 when ``patch.size`` differs, so the model always sees the scale it was trained at.
 
-Shared mode runs the backbone once on the whole image and the head on each patch's window of the feature
-map. It is an approximation of exact mode:
+Shared mode runs the backbone and the head's convolutions once on the whole image, then the head's average
+pool and dense layer on each patch's window of that map. It is an approximation of exact mode:
 
 - the image is scaled by ``image_size / patch.size`` and then to multiples of 32 px (at most 16 px
   distortion per side), so a patch is exactly ``image_size / 32`` feature cells;
 - a window's features see context beyond the patch (the backbone's receptive field), and the backbone
-  zero-pads only at the image border, not at patch borders (the head still zero-pads at window borders,
-  as it does for a lone patch);
+  and the head's convolutions zero-pad only at the image border, not at patch borders;
 - the stride is rounded to whole cells (32 px at model scale), ties towards the denser grid;
 - images whose model-scale size exceeds ``SHARED_MAX_PIXELS`` are shrunk to it (the backbone's activations
   on the whole image are what costs memory), so their patches cover more of the photo; set
@@ -94,23 +93,17 @@ def model_patch_fn(model: Classifier, variables: Any, image_size: int, preproces
     return functools.partial(batched, variables)
 
 
-def _features(model: Classifier, preprocess_mode: str, variables: Any, image: jnp.ndarray) -> jnp.ndarray:
-    """The backbone's feature map of one uint8 image (1, H/32, W/32, C)."""
-    return model.apply(variables, preprocess(image[None], preprocess_mode), method=Classifier.features)
-
-
-def _classify_windows(
-    model: Classifier, window: int, variables: Any, features: jnp.ndarray, starts: jnp.ndarray
+def _window_probs(
+    model: Classifier, preprocess_mode: str, window: int, variables: Any, image: jnp.ndarray
 ) -> jnp.ndarray:
-    """Head probabilities of the ``window``-cell squares of ``features`` (1, h, w, C) at ``starts`` (n, 2)."""
+    """Class probabilities (h - window + 1, w - window + 1, classes) of every window of one uint8 image.
 
-    def one(start: jnp.ndarray) -> jnp.ndarray:
-        shape = (window, window, features.shape[-1])
-        cells = jax.lax.dynamic_slice(features[0], (start[0], start[1], 0), shape)
-        logits = model.apply(variables, cells[None], method=Classifier.classify)[0]
-        return jax.nn.softmax(logits.astype(jnp.float32))
-
-    return jax.vmap(one)(starts)
+    The backbone and the head's convolutions run once over the whole image; only the head's average pool
+    and dense layer are per window (one pooling pass).
+    """
+    features = model.apply(variables, preprocess(image[None], preprocess_mode), method=Classifier.features)
+    logits = model.apply(variables, features, window=window, method=Classifier.classify)[0]
+    return jax.nn.softmax(logits.astype(jnp.float32))
 
 
 class SharedModel:
@@ -130,8 +123,7 @@ class SharedModel:
             )
         self.variables, self.image_size, self.max_pixels = variables, image_size, max_pixels
         self.window = image_size // FEATURE_STRIDE
-        self._backbone = jax.jit(functools.partial(_features, model, preprocess_mode))
-        self._head = jax.jit(functools.partial(_classify_windows, model, self.window))
+        self._window_probs = jax.jit(functools.partial(_window_probs, model, preprocess_mode, self.window))
 
     def model_scale_size(self, height: int, width: int, patch_size: int) -> tuple[tuple[int, int], list[str]]:
         """Size (multiples of 32 px) the backbone sees so a patch is ``window`` cells, and notes."""
@@ -152,25 +144,20 @@ class SharedModel:
         """The stride in feature cells: nearest whole cell at model scale, ties to the smaller stride."""
         return max(1, math.ceil(stride * self.image_size / patch_size / FEATURE_STRIDE - 0.5))
 
-    def analyse(self, image: np.ndarray, size: int, stride: int, chunk_size: int) -> Analysis:
+    def analyse(self, image: np.ndarray, size: int, stride: int) -> Analysis:
         """Patch probabilities of ``image`` with the backbone run once (see the module docstring)."""
         height, width = image.shape[:2]
         (model_h, model_w), notes = self.model_scale_size(height, width, size)
-        features = self._backbone(self.variables, resize(image, model_h, model_w))
+        window_probs = np.asarray(self._window_probs(self.variables, resize(image, model_h, model_w)))
         step = self.stride_cells(stride, size)
         effective_stride = step * FEATURE_STRIDE * size / self.image_size
         if effective_stride != stride:
             notes.append(
                 f"shared mode: stride {stride} px rounded to {effective_stride:g} px ({step} feature cells)"
             )
-        grid = patch_grid(features.shape[1], features.shape[2], self.window, step)
-        starts = grid.boxes[:, [1, 0]].astype(np.int32)  # (row, col) cell offsets
-        outputs = []
-        for start in _chunks(len(starts), chunk_size):
-            chunk = np.zeros((chunk_size, 2), np.int32)
-            chunk[: len(starts[start : start + chunk_size])] = starts[start : start + chunk_size]
-            outputs.append(self._head(self.variables, features, chunk))
-        probs = np.concatenate([np.asarray(out) for out in outputs])[: len(starts)]
+        cells_h, cells_w = (n + self.window - 1 for n in window_probs.shape[:2])
+        grid = patch_grid(cells_h, cells_w, self.window, step)
+        probs = window_probs[grid.boxes[:, 1].astype(int), grid.boxes[:, 0].astype(int)]
         cell_px = FEATURE_STRIDE * np.array([width / model_w, height / model_h] * 2)
         return Analysis(
             boxes=grid.boxes * cell_px, rows=grid.rows, cols=grid.cols, probs=probs, notes=tuple(notes)
