@@ -1,26 +1,39 @@
-"""Checkpoints and run metadata in a workdir, with orbax.
+"""Checkpoints and run metadata in a workdir, with orbax; corrupt checkpoints are detected, never loaded.
 
 Layout::
 
+    <workdir>/run.json                format version of the workdir (absent in version-1 workdirs)
     <workdir>/config.json             resolved config of the run
     <workdir>/classes.json            class names, in label order
     <workdir>/checkpoints/latest/<n>  full training state after global epoch n (for resume)
     <workdir>/checkpoints/best_<stage>/<n>  params + batch_stats of a stage's best epoch
+
+Every checkpoint's metadata carries the format version and a checksum of the saved arrays, so a truncated,
+garbled or half-written checkpoint is recognised on restore: ``restore_latest`` then falls back to the
+previous good one with a warning. Write failures (full disk, read-only workdir) raise one-line OSErrors.
 """
 
+import errno
 import json
 import os
+import shutil
+import zlib
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 from scenecls.models import Classifier, build_classifier
 
 STAGES = ("stage1", "stage2")
+FORMAT_VERSION = 1  # of run.json and checkpoint metadata; bump on incompatible layout changes
 # Config fields that must match for a workdir to be resumed or reused.
 _ARCHITECTURE_FIELDS = ("variant", "stage_sizes", "width", "head", "head_filters", "head_kernel_sizes")
+_INTEGRITY = "_integrity"  # metadata key holding format version and checksum
 
 
 class InferenceModel(NamedTuple):
@@ -32,13 +45,28 @@ class InferenceModel(NamedTuple):
     variables: dict[str, Any]
 
 
+class Restored(NamedTuple):
+    """A checkpoint read back and verified: its step, metadata and state pytree."""
+
+    step: int
+    meta: dict[str, Any]
+    state: Any
+
+
 class WorkdirError(ValueError):
     """A workdir that cannot be used for the requested run."""
 
 
+class CorruptCheckpointError(WorkdirError):
+    """A checkpoint whose files are missing, truncated or do not match their checksum."""
+
+
 def _manager(path: str, max_to_keep: int) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+        max_to_keep=max_to_keep,
+        create=True,
+        enable_async_checkpointing=False,
+        cleanup_tmp_directories=True,  # half-written saves of a killed run
     )
     return ocp.CheckpointManager(os.path.abspath(path), options=options)
 
@@ -53,41 +81,193 @@ def best_manager(workdir: str, stage: str) -> ocp.CheckpointManager:
     return _manager(os.path.join(workdir, "checkpoints", f"best_{stage}"), max_to_keep=1)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any]) -> None:
-    """Saves a pytree and its JSON metadata atomically as checkpoint ``step``."""
-    manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+def _step_path(manager: ocp.CheckpointManager, step: int) -> str:
+    return os.path.join(os.fspath(manager.directory), str(step))
+
+
+def checksum(tree: Any) -> str:
+    """CRC32s of every array (dtype, shape, bytes), independent of leaf order and container types."""
+    digests = sorted(
+        f"{a.dtype.str}{a.shape}{zlib.crc32(np.ascontiguousarray(a).view(np.uint8).reshape(-1)):08x}"
+        for a in map(np.asarray, jax.tree_util.tree_leaves(jax.device_get(tree)))
     )
-    manager.wait_until_finished()
+    return f"{zlib.crc32(';'.join(digests).encode()):08x}:{len(digests)}"
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any]) -> None:
+    """Saves a pytree and its JSON metadata atomically as checkpoint ``step`` (replacing one of that step).
+
+    Raises:
+      OSError: the checkpoint could not be written (full disk, read-only or unwritable workdir); earlier
+        checkpoints are intact and no partial step is left behind.
+    """
+    if step in manager.all_steps():  # written by a run killed before its resume point; redo it
+        manager.delete(step)
+    meta = {**meta, _INTEGRITY: {"format_version": FORMAT_VERSION, "checksum": checksum(state)}}
+    try:
+        manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        )
+        manager.wait_until_finished()
+    except (OSError, ValueError) as e:
+        if isinstance(e, ocp.checkpoint_manager.StepAlreadyExistsError):
+            raise
+        _remove_partial(manager, step)
+        raise OSError(
+            _errno_of(e), f"cannot write checkpoint {_step_path(manager, step)}: {_reason(e)}"
+        ) from None
+
+
+def _remove_partial(manager: ocp.CheckpointManager, step: int) -> None:
+    """Removes what a failed save of ``step`` left (its tmp dir, or an unfinished step dir)."""
+    directory = os.fspath(manager.directory)
+    for name in os.listdir(directory) if os.path.isdir(directory) else ():
+        if name == str(step) or name.startswith(f"{step}."):
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    manager.reload()
+
+
+def _errno_of(e: Exception) -> int:
+    if isinstance(e, OSError) and e.errno:
+        return e.errno
+    text = str(e)
+    for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+        if os.strerror(code) in text:
+            return code
+    return errno.EIO
+
+
+def _reason(e: Exception) -> str:
+    """A one-line reason: the OS error text when there is one, else the exception's first line."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    code = _errno_of(e)
+    if code != errno.EIO:
+        return os.strerror(code)
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
 def restore_meta(manager: ocp.CheckpointManager, step: int | None = None) -> dict[str, Any] | None:
-    """The metadata of checkpoint ``step`` (default: latest), or None if there is none."""
+    """The metadata of checkpoint ``step`` (default: latest), or None if there is none.
+
+    Raises:
+      CorruptCheckpointError: the metadata is missing or unreadable.
+      WorkdirError: the checkpoint was written by a newer scenecls.
+    """
     step = manager.latest_step() if step is None else step
     if step is None:
         return None
-    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    try:
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # noqa: BLE001 -- orbax and tensorstore raise many types for damaged files
+        raise CorruptCheckpointError(
+            f"{_step_path(manager, step)}: unreadable checkpoint metadata ({_reason(e)})"
+        ) from None
+    if not isinstance(meta, dict):
+        raise CorruptCheckpointError(f"{_step_path(manager, step)}: checkpoint metadata is not a JSON object")
+    _check_version(meta.get(_INTEGRITY, {}).get("format_version", 1), _step_path(manager, step))
+    return {k: v for k, v in meta.items() if k != _INTEGRITY}
 
 
 def restore_state(manager: ocp.CheckpointManager, step: int, target: Any | None = None) -> Any:
-    """Restores the pytree of checkpoint ``step`` into the structure of ``target`` (or as saved)."""
+    """Restores the pytree of checkpoint ``step`` into the structure of ``target`` (or as saved), verified.
+
+    Raises:
+      CorruptCheckpointError: files are missing or damaged, or the arrays do not match their checksum.
+    """
+    path = _step_path(manager, step)
+    if step not in manager.all_steps():
+        raise CorruptCheckpointError(f"{path}: no such checkpoint")
     args = ocp.args.StandardRestore(target) if target is not None else ocp.args.StandardRestore()
-    return manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(state=args, meta=ocp.args.JsonRestore()))
+        state, meta = restored["state"], restored["meta"]
+    except Exception as e:  # noqa: BLE001 -- orbax and tensorstore raise many types for damaged files
+        raise CorruptCheckpointError(f"{path}: unreadable checkpoint ({_reason(e)})") from None
+    expected = meta.get(_INTEGRITY, {}).get("checksum") if isinstance(meta, dict) else None
+    if expected is not None and checksum(state) != expected:
+        raise CorruptCheckpointError(f"{path}: checkpoint data does not match its checksum (damaged files)")
+    return state
+
+
+def restore_latest(
+    manager: ocp.CheckpointManager, target_for: Callable[[dict[str, Any]], Any] | None = None
+) -> Restored | None:
+    """The newest checkpoint that reads back intact, falling back over corrupt ones with a warning.
+
+    Args:
+      manager: e.g. ``latest_manager(workdir)``.
+      target_for: maps a checkpoint's metadata to the pytree to restore into (None: as saved).
+
+    Returns:
+      The restored step, metadata and state, or None when there is no checkpoint at all.
+
+    Raises:
+      CorruptCheckpointError: checkpoints exist but none is readable.
+    """
+    steps = sorted(manager.all_steps(), reverse=True)
+    for step in steps:
+        try:
+            meta = restore_meta(manager, step)
+            state = restore_state(manager, step, target_for(meta) if target_for else None)
+        except CorruptCheckpointError as e:
+            logging.warning("%s; falling back to the previous checkpoint", e)
+            continue
+        if step != steps[0]:
+            logging.warning("Resuming from checkpoint %d, the newest intact one", step)
+        return Restored(step=step, meta=meta, state=state)
+    if steps:
+        raise CorruptCheckpointError(
+            f"{os.fspath(manager.directory)}: none of the checkpoints {steps} is readable (see warnings); "
+            "move that folder away to start over"
+        )
+    return None
+
+
+def _check_version(version: Any, path: str) -> None:
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise WorkdirError(
+            f"{path}: written by a newer scenecls (format version {version!r}, this one reads up to "
+            f"{FORMAT_VERSION}); upgrade scenecls or use another --workdir"
+        )
 
 
 def write_run_files(workdir: str, config: ml_collections.ConfigDict, classes: tuple[str, ...]) -> None:
-    """Writes config.json and classes.json, refusing a workdir made for another model."""
+    """Writes run.json, config.json and classes.json, refusing a workdir made for another model.
+
+    Raises:
+      WorkdirError: the workdir holds another run, or one of a newer format.
+      OSError: the files could not be written (one line naming the path and reason).
+    """
     check_compatible(workdir, config, classes)
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json(indent=2))
-    with open(os.path.join(workdir, "classes.json"), "w") as f:
-        json.dump(list(classes), f, indent=2)
+    files = {
+        "run.json": json.dumps({"format_version": FORMAT_VERSION}, indent=2),
+        "config.json": config.to_json(indent=2),
+        "classes.json": json.dumps(list(classes), indent=2),
+    }
+    for name, text in files.items():
+        _write_atomically(os.path.join(workdir, name), text)
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Writes via a temporary file and a rename, so a failure never leaves a truncated file."""
+    tmp_path = path + ".tmp"
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(tmp_path, "w") as f:
+            f.write(text)
+        os.replace(tmp_path, path)
+    except OSError as e:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from None
 
 
 def read_run_config(workdir: str) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
-    """The config and classes stored in a workdir."""
+    """The config and classes stored in a workdir (of this format version or older)."""
     try:
+        _check_version(_format_version(workdir), os.path.join(workdir, "run.json"))
         with open(os.path.join(workdir, "config.json")) as f:
             config = ml_collections.ConfigDict(json.load(f))
         with open(os.path.join(workdir, "classes.json")) as f:
@@ -96,9 +276,18 @@ def read_run_config(workdir: str) -> tuple[ml_collections.ConfigDict, tuple[str,
         raise WorkdirError(
             f"{workdir}: no trained run here ({os.path.basename(e.filename)} missing); run --mode=train first"
         ) from None
-    except (json.JSONDecodeError, TypeError) as e:
+    except (json.JSONDecodeError, TypeError, AttributeError) as e:
         raise WorkdirError(f"{workdir}: unreadable run metadata ({e})") from None
     return config, classes
+
+
+def _format_version(workdir: str) -> Any:
+    """The workdir's format version; 1 for workdirs written before run.json existed."""
+    path = os.path.join(workdir, "run.json")
+    if not os.path.exists(path):
+        return 1
+    with open(path) as f:
+        return json.load(f).get("format_version", 1)
 
 
 def check_compatible(workdir: str, config: ml_collections.ConfigDict, classes: tuple[str, ...]) -> None:
@@ -133,7 +322,11 @@ def final_stage(workdir: str) -> str:
 
 
 def load_for_inference(workdir: str) -> InferenceModel:
-    """Config, classes, model and best variables of a trained workdir."""
+    """Config, classes, model and best variables of a trained workdir.
+
+    Raises:
+      WorkdirError: no trained run, a newer format, or a corrupt best checkpoint (named in the message).
+    """
     config, classes = read_run_config(workdir)
     manager = best_manager(workdir, final_stage(workdir))
     variables = restore_state(manager, manager.latest_step())
