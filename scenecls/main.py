@@ -8,6 +8,7 @@ Modes: ``train`` (prepare data, two-stage training, then test evaluation),
 to see the expected folder layout).
 """
 
+import contextlib
 import logging as std_logging
 import os
 import sys
@@ -50,14 +51,18 @@ def main(argv: list[str]) -> int:
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
-    from scenecls import demo, evaluate, patches, train
+    from scenecls import config_check, demo, evaluate, patches, train, workdir_lock
     from scenecls.data import builder
 
     logging.get_absl_handler().addFilter(_QuietLibraries())
     config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
     os.makedirs(workdir, exist_ok=True)
     logging.info("JAX devices: %s", jax.devices())
+    lock = contextlib.ExitStack()
     try:
+        config_check.validate(config)
+        if mode in ("train", "prepare", "synth"):  # evaluate and infer only read (see workdir_lock)
+            lock.enter_context(workdir_lock.locked(workdir))
         if mode == "train":
             train.train_and_evaluate(config, workdir)
             if config.infer.demo_composites:
@@ -76,6 +81,8 @@ def main(argv: list[str]) -> int:
         logging.debug("Failure details", exc_info=True)
         print(f"scenecls: error: {e}", file=sys.stderr)
         return 1
+    finally:
+        lock.close()
     return 0
 
 
