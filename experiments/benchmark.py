@@ -1,0 +1,573 @@
+"""scenecls versus the reference's Keras implementation, side by side on this machine, in one command.
+
+``python experiments/benchmark.py [--quick]`` prepares a small synthetic scene set and a 1344x896
+composite, then runs each measurement in its own process (so peak memory is per framework):
+
+- scenecls ``speed``: time to first stage-1 step with an empty (cold) persistent JAX compilation cache,
+  stage-1 and stage-2 train steps on an in-memory batch, stage 1 fed by its real tf.data pipeline with the
+  paper's augmentation, evaluation (``evaluate.predict_split``), patch inference (``PatchClassifier``
+  exact at stride 112, shared at 112 and 32), JAX matmul peak and the forward pass's FLOPs from XLA;
+- scenecls ``first_step``: the first step again in a fresh process with the now warm cache;
+- scenecls ``fit``: ``train.train_and_evaluate`` with stage 1 only, augmentation off, feature cache on;
+- the Keras peer (``experiments/keras_peer.py``): the same figures and ``model.fit`` for the same epochs.
+
+Every rate excludes warm-up (compilation/tracing) and ends with ``block_until_ready`` (Keras returns
+numpy arrays, so its calls end when the work does). It prints a table and writes ``docs/benchmarks.md``.
+Needs the ``bench`` extra (``pip install -e ".[bench]"``: tf-keras).
+"""
+
+import argparse
+import datetime
+import functools
+import json
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from scenecls import evaluate, freeze, train
+from scenecls.config import default_config
+from scenecls.data import builder, pipeline, synthetic
+from scenecls.models import block_names, build_classifier
+from scenecls.patches import PatchClassifier
+from scenecls.preprocessing import mode_for_variant
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+PEER = os.path.join(HERE, "keras_peer.py")
+NOMINAL_RESNET50_GFLOP = 8.2  # per 224 px image, 4.1 GMAC
+PATCH_IMAGE = (896, 1344)  # height, width of the composite for patch inference
+# Workload sizes: the full run, and --quick (what it reduces is printed with the results).
+PLANS = {
+    "full": {
+        "per_class": 48,
+        "steps": 5,
+        "eval_images": 192,
+        "loop_patches": 30,
+        "patch_repeats": 2,
+        "epochs": 15,
+    },
+    "quick": {
+        "per_class": 24,
+        "steps": 2,
+        "eval_images": 64,
+        "loop_patches": 6,
+        "patch_repeats": 1,
+        "epochs": 3,
+    },
+}
+PATCH_MODES = (("exact", 112), ("shared", 112), ("shared", 32))
+DEFINITIONS = """\
+- Train steps: one stage's jitted `train.train_step` (scenecls, built as `train_and_evaluate` builds it:
+  freeze labels, gradient boundary, metrics read every step) vs `model.train_on_batch` (Keras), on the
+  same in-memory uint8 batch, after a warm-up step; no input pipeline.
+- Augmented stage 1: one epoch of each framework's real training input with the paper's augmentation:
+  scenecls' tf.data `pipeline.train_batches` (decode, resize, affine, flip) feeding the step; Keras
+  `ImageDataGenerator(...).flow` on in-memory arrays through `model.fit` (no JPEG decoding for Keras).
+- Evaluation: `evaluate.predict_split` vs `model.predict`, same images, after a warm-up batch.
+- Patches: `PatchClassifier.predict` (the whole call: patches, whole-image class, summary) vs one
+  `model.predict` per 224 px patch (the reference's loop), after a warm-up call.
+- Time to first step: from model construction to the first stage-1 step's result. scenecls in a process
+  with an empty persistent compilation cache (cold), then in a fresh process with that cache (warm);
+  Keras has no persistent cache (build, compile, first `train_on_batch`).
+- Peak resident memory: `ru_maxrss` of each framework's own measurement process.
+- End to end: scenecls `train.train_and_evaluate` (stage 2 off, augmentation off, `cache_features=True`,
+  early stopping off; includes model init, the feature cache, validation every epoch, checkpoints and the
+  final test evaluation, compiled without a persistent cache) vs Keras build + compile +
+  `fit(epochs, validation_data, class_weight)` on the same images as in-memory arrays."""
+
+
+def _config(plan: dict) -> ml_collections.ConfigDict:
+    """The default (paper) config on the benchmark's synthetic source, prepared once by the orchestrator."""
+    config = default_config()
+    config.data.source_dir = plan["source_dir"]
+    config.data.prepared_dir = plan["prepared_dir"]
+    config.model.dtype = plan["dtype"]
+    return config
+
+
+def _use_compilation_cache(directory: str) -> None:
+    """The persistent compilation cache as scenecls/main.py configures it, in ``directory``."""
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def _stage_step(config: ml_collections.ConfigDict, variables: dict, stage: str, num_classes: int):
+    """(state, jitted step) of a stage, built as ``train.train_and_evaluate`` builds them."""
+    labels = freeze.param_labels(
+        variables["params"], variables["batch_stats"], config[stage].trainable, config[stage].train_batchnorm
+    )
+    boundary = freeze.gradient_boundary(labels, block_names(config.model.stage_sizes))
+    model = build_classifier(config.model, num_classes, gradient_boundary=boundary)
+    step = jax.jit(
+        functools.partial(
+            train.train_step,
+            preprocess_mode=mode_for_variant(config.model.variant),
+            batchnorm_train=config[stage].train_batchnorm,
+        ),
+        donate_argnums=0,
+    )
+    return train.create_train_state(model, variables, labels), step
+
+
+def _run_steps(state, step: Callable, batches, class_weights: jnp.ndarray) -> tuple[Any, int, float]:
+    """Runs ``step`` over ``batches`` reading each step's metrics as the trainer does; (state, images, s)."""
+    learning_rate, key = jnp.float32(1e-5), jax.random.PRNGKey(0)
+    images, start = 0, time.perf_counter()
+    for batch in batches:
+        state, metrics = step(state, batch, learning_rate, key, class_weights)
+        images += int(jax.device_get(metrics)["count"])
+    jax.block_until_ready(state)
+    return state, images, time.perf_counter() - start
+
+
+def _first_step(config: ml_collections.ConfigDict, batch: dict, num_classes: int) -> tuple[float, Any]:
+    """Seconds from model construction to the first stage-1 step's result, and the initial variables."""
+    start = time.perf_counter()
+    variables = train.initial_variables(config, num_classes)
+    state, step = _stage_step(config, variables, "stage1", num_classes)
+    _run_steps(state, step, [batch], jnp.ones((num_classes,)))
+    return time.perf_counter() - start, variables
+
+
+def _matmul_gflops(matmul: Callable, size: int = 4096, repeats: int = 3) -> float:
+    """Best-of-``repeats`` float32 GFLOP/s of a size x size matmul (after one warm-up call)."""
+    a = np.random.default_rng(0).standard_normal((size, size), np.float32)
+    matmul(a, a)
+    best = min(_seconds(matmul, a, a) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def _seconds(fn: Callable, *args) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - start
+
+
+def _eval_batches(data: Any, count: int, batch_size: int) -> list[dict[str, np.ndarray]]:
+    """``count`` training images (repeated as needed) as masked evaluation batches."""
+    images = np.resize(data["train_x"], (count, *data["train_x"].shape[1:]))
+    labels = np.resize(data["train_y"], (count,))
+    return [
+        {
+            "image": images[i : i + batch_size],
+            "label": labels[i : i + batch_size],
+            "mask": np.ones(len(labels[i : i + batch_size]), bool),
+            "file": np.array([""] * len(labels[i : i + batch_size])),
+        }
+        for i in range(0, count, batch_size)
+    ]
+
+
+def _flops_per_image(model, variables: dict, batch: dict, preprocess_mode: str) -> float:
+    """FLOPs of one image's forward pass (the evaluation step), as XLA counts them."""
+    step = jax.jit(evaluate.eval_step, static_argnames=("model", "preprocess_mode"))
+    compiled = step.lower(variables, batch, model=model, preprocess_mode=preprocess_mode).compile()
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list | tuple) else analysis
+    return float(analysis["flops"]) / len(batch["label"])
+
+
+def _patch_rates(config, model, variables, classes, image: np.ndarray, repeats: int) -> dict[str, dict]:
+    """Patches/s (and patch counts) of ``PatchClassifier.predict`` in each (mode, stride)."""
+    rates = {}
+    for mode, stride in PATCH_MODES:
+        config.patch.update(mode=mode, stride=stride)
+        classifier = PatchClassifier.from_model(model, variables, classes, config)
+        result = classifier.predict(image)  # warm-up (compilation)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            classifier.predict(image)
+        seconds = (time.perf_counter() - start) / repeats
+        rates[f"{mode}_{stride}"] = {
+            "patches_s": len(result["patches"]) / seconds,
+            "patches": len(result["patches"]),
+            "grid": f"{result['grid']['rows']}x{result['grid']['cols']}",
+            "seconds_per_image": seconds,
+        }
+    return rates
+
+
+def scenecls_speed(plan: dict) -> dict:
+    """scenecls side of every rate, the cold time to first step and the hardware reference."""
+    _use_compilation_cache(plan["jax_cache"])
+    config = _config(plan)
+    data = np.load(plan["data"])
+    num_classes, batch_size, mode = int(data["num_classes"]), config.batch_size, mode_for_variant("keras")
+    batch = {"image": data["train_x"][:batch_size], "label": data["train_y"][:batch_size]}
+    class_weights = jnp.asarray(data["class_weights"])
+    results = {}
+    results["first_step_cold_s"], variables = _first_step(config, batch, num_classes)
+
+    for stage in ("stage1", "stage2"):
+        state, step = _stage_step(config, variables, stage, num_classes)
+        state, _, _ = _run_steps(state, step, [batch], class_weights)  # warm-up
+        state, images, seconds = _run_steps(state, step, [batch] * plan["steps"], class_weights)
+        results[f"{stage}_step_img_s"] = images / seconds
+        if stage == "stage1":  # the real input pipeline: tf.data decoding and the paper's augmentation
+            prepared = builder.prepare(config.data, plan["workdir"])
+            state, _, _ = _run_steps(state, step, pipeline.train_batches(prepared, config, 0), class_weights)
+            batches = pipeline.train_batches(prepared, config, epoch=1)
+            state, images, seconds = _run_steps(state, step, batches, class_weights)
+            results["stage1_augmented_img_s"] = images / seconds
+        del state  # frees the stage's optimizer state before the next
+
+    model = build_classifier(config.model, num_classes)
+    variables = jax.device_put(variables)  # on device once (train states took host copies: donation-safe)
+    eval_batches = _eval_batches(data, plan["eval_images"], config.eval_batch_size)
+    evaluate.predict_split(model, variables, eval_batches[:1], mode)  # warm-up
+    start = time.perf_counter()
+    evaluate.predict_split(model, variables, eval_batches, mode)
+    results["eval_img_s"] = plan["eval_images"] / (time.perf_counter() - start)
+    results["forward_flops_per_img"] = _flops_per_image(model, variables, eval_batches[0], mode)
+    results["jax_matmul_gflops"] = _matmul_gflops(jax.jit(jnp.dot))
+
+    classes = [str(c) for c in data["classes"]]
+    image = np.load(plan["patch_image"])
+    results["patches"] = _patch_rates(config, model, variables, classes, image, plan["patch_repeats"])
+    return results
+
+
+def scenecls_first_step(plan: dict) -> dict:
+    """Time to first stage-1 step in a fresh process with the cache the ``speed`` job filled."""
+    _use_compilation_cache(plan["jax_cache"])
+    config = _config(plan)
+    data = np.load(plan["data"])
+    batch = {"image": data["train_x"][: config.batch_size], "label": data["train_y"][: config.batch_size]}
+    return {"first_step_warm_s": _first_step(config, batch, int(data["num_classes"]))[0]}
+
+
+def scenecls_fit(plan: dict) -> dict:
+    """Stage 1 end to end through ``train.train_and_evaluate`` (no persistent cache: compiles cold)."""
+    config = _config(plan)
+    config.stage1.epochs, config.stage2.epochs = plan["epochs"], 0
+    config.augment.update(rotation_degrees=0, width_shift=0, height_shift=0, zoom=0, horizontal_flip=False)
+    config.cache_features = True
+    config.early_stopping.patience = plan["epochs"] + 1  # run every epoch, as Keras' fit does
+    workdir = os.path.join(plan["workdir"], "scenecls_fit")
+    start = time.perf_counter()
+    train.train_and_evaluate(config, workdir)
+    seconds = time.perf_counter() - start
+    with open(os.path.join(workdir, "history.json")) as f:
+        epochs_run = len(json.load(f)["stage1"])
+    return {"stage1_fit_s": seconds, "epochs_run": epochs_run}
+
+
+JOBS = {"speed": scenecls_speed, "first_step": scenecls_first_step, "fit": scenecls_fit}
+
+
+def _prepare_inputs(plan: dict) -> None:
+    """Synthetic scene set (prepared by scenecls), its 224 px train/val arrays for Keras, the composite."""
+    config = default_config()
+    config.data.synthetic_per_class = plan["per_class"]
+    config.data.prepared_dir = plan["prepared_dir"]
+    prepared = builder.prepare(config.data, plan["workdir"])
+    plan["source_dir"] = builder.resolve_source_dir(config.data, plan["workdir"])
+    arrays = {}
+    for split, name in (("train", "train"), ("validation", "val")):
+        batches = list(pipeline.eval_batches(prepared, split, config))
+        mask = np.concatenate([b["mask"] for b in batches])
+        arrays[f"{name}_x"] = np.concatenate([b["image"] for b in batches])[mask]
+        arrays[f"{name}_y"] = np.concatenate([b["label"] for b in batches])[mask]
+    np.savez(
+        plan["data"],
+        **arrays,
+        num_classes=len(prepared.classes),
+        classes=np.array(prepared.classes),
+        class_weights=pipeline.class_weights(prepared.counts["train"]),
+    )
+    image = synthetic.make_composite(*PATCH_IMAGE, seed=0, unit=40)[0]
+    np.save(plan["patch_image"], image)
+    plan["counts"] = {split: int(sum(c)) for split, c in prepared.counts.items()}
+
+
+def _run_job(script: str, job: str, plan_path: str, tmp: str) -> dict:
+    """Runs one measurement process; its JSON result, or {"error": why} with the end of its log."""
+    result_path, log_path = (
+        os.path.join(tmp, f"{os.path.basename(script)}.{job}.{s}") for s in ("json", "log")
+    )
+    command = [sys.executable, script, "--job", job, "--plan", plan_path, "--result", result_path]
+    print(f"  running {os.path.basename(script)} --job {job} ...", flush=True)
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu"}
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO).returncode
+    print(f"    done in {time.perf_counter() - start:.0f} s (exit {code})", flush=True)
+    if code or not os.path.exists(result_path):
+        with open(log_path) as f:
+            tail = f.read()[-2000:]
+        print(f"    FAILED, end of its log:\n{tail}", flush=True)
+        return {
+            "error": f"exit status {code}: {tail.strip().splitlines()[-1] if tail.strip() else 'no output'}"
+        }
+    with open(result_path) as f:
+        return json.load(f)
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "failed" if value is None else f"{value:,.{digits}f}"
+
+
+def _advantage(ours: float | None, theirs: float | None, lower_is_better: bool = False) -> float | None:
+    """How many times better scenecls is: rate ratio, or inverted for seconds and memory."""
+    if ours is None or theirs is None:
+        return None
+    return theirs / ours if lower_is_better else ours / theirs
+
+
+def _row(
+    name: str, unit: str, ours, theirs, target: float | None = None, lower_is_better: bool = False
+) -> list:
+    advantage = _advantage(ours, theirs, lower_is_better)
+    met = "" if target is None or advantage is None else ("yes" if advantage >= target else "no")
+    return [
+        name,
+        f"{_fmt(ours)} {unit}",
+        f"{_fmt(theirs)} {unit}",
+        "failed" if advantage is None else f"{advantage:.2f}x",
+        "" if target is None else f">= {target:g}x {met}",
+    ]
+
+
+def _table(plan: dict, results: dict[str, dict], numpy_peak: float) -> tuple[list, list]:
+    """(main table rows, hardware rows) from the jobs' results; failed jobs show 'failed'."""
+    ours, warm, peer = results["ours"], results["warm"], results["peer"]
+    ours_fit, peer_fit = results["ours_fit"], results["peer_fit"]
+    patches = ours.get("patches", {})
+    loop = peer.get("patch_loop_patches_s")
+    rows = [
+        _row(
+            "Stage-1 train step, batch in memory (img/s)",
+            "",
+            ours.get("stage1_step_img_s"),
+            peer.get("stage1_step_img_s"),
+        ),
+        _row(
+            "Stage-1 train, augmented real input pipeline (img/s)",
+            "",
+            ours.get("stage1_augmented_img_s"),
+            peer.get("stage1_augmented_img_s"),
+            1.5,
+        ),
+        _row(
+            "Stage-2 train step, batch in memory (img/s)",
+            "",
+            ours.get("stage2_step_img_s"),
+            peer.get("stage2_step_img_s"),
+            1.3,
+        ),
+        _row("Evaluation forward (img/s)", "", ours.get("eval_img_s"), peer.get("eval_img_s")),
+    ]
+    for (mode, stride), target in zip(PATCH_MODES, (10, None, 50), strict=True):
+        entry = patches.get(f"{mode}_{stride}", {})
+        patches_per_image = entry.get("patches", "?")
+        label = f"Patches {mode} stride {stride}, {patches_per_image}/image (patches/s vs per-patch loop)"
+        rows.append(_row(label, "", entry.get("patches_s"), loop, target))
+    rows += [
+        _row(
+            "Time to first step, cold JAX cache (s)",
+            "",
+            ours.get("first_step_cold_s"),
+            peer.get("first_step_s"),
+            lower_is_better=True,
+        ),
+        _row(
+            "Time to first step, warm JAX cache (s)",
+            "",
+            warm.get("first_step_warm_s"),
+            peer.get("first_step_s"),
+            lower_is_better=True,
+        ),
+        _row(
+            "Peak resident memory, speed job (MiB)",
+            "",
+            ours.get("peak_rss_mib"),
+            peer.get("peak_rss_mib"),
+            lower_is_better=True,
+        ),
+        _row(
+            f"Stage 1 end to end, {plan['epochs']} epochs, aug off (s)",
+            "",
+            ours_fit.get("stage1_fit_s"),
+            peer_fit.get("stage1_fit_s"),
+            10,
+            lower_is_better=True,
+        ),
+        _row(
+            "Peak resident memory, end-to-end job (MiB)",
+            "",
+            ours_fit.get("peak_rss_mib"),
+            peer_fit.get("peak_rss_mib"),
+            lower_is_better=True,
+        ),
+    ]
+    flops = ours.get("forward_flops_per_img")
+    peak = max(numpy_peak, ours.get("jax_matmul_gflops", 0.0))
+    eval_rate = ours.get("eval_img_s")
+    achieved = None if flops is None or eval_rate is None else flops * eval_rate / 1e9
+    nominal = None if eval_rate is None else NOMINAL_RESNET50_GFLOP * eval_rate
+    hardware = [
+        ["numpy float32 matmul 4096^3, best of 3", f"{numpy_peak:.1f} GFLOP/s"],
+        ["JAX float32 matmul 4096^3, best of 3", f"{_fmt(ours.get('jax_matmul_gflops'))} GFLOP/s"],
+        [
+            "scenecls forward FLOPs per image (XLA cost analysis, ResNet-50 + head)",
+            f"{_fmt(None if flops is None else flops / 1e9, 2)} GFLOP",
+        ],
+        [
+            "scenecls forward achieved (XLA FLOPs x evaluation img/s)",
+            "failed"
+            if achieved is None
+            else f"{achieved:.1f} GFLOP/s = {100 * achieved / peak:.0f}% of peak (target >= 60%)",
+        ],
+        [
+            f"scenecls forward achieved (nominal {NOMINAL_RESNET50_GFLOP} GFLOP/img ResNet-50 only)",
+            "failed" if nominal is None else f"{nominal:.1f} GFLOP/s = {100 * nominal / peak:.0f}% of peak",
+        ],
+    ]
+    return rows, hardware
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _machine() -> str:
+    """CPU model, core count and memory from lscpu/nproc//proc/meminfo."""
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+    flags = fields.get("Flags", "").split()
+    simd = " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
+    with open("/proc/meminfo") as f:
+        memory_kib = int(f.readline().split()[1])
+    return (
+        f"{fields.get('Model name', '?').strip()}, {os.cpu_count()} CPU cores (nproc), "
+        f"{memory_kib / 2**20:.0f} GiB memory, SIMD: {simd or 'none listed'}; {platform.platform()}"
+    )
+
+
+def _report(
+    args: argparse.Namespace,
+    plan: dict,
+    results: dict[str, dict],
+    numpy_peak: float,
+    started: datetime.datetime,
+    seconds: float,
+) -> str:
+    """The Markdown report: table, hardware reference, definitions, machine, versions, command, date."""
+    rows, hardware = _table(plan, results, numpy_peak)
+    command = " ".join(["python", "experiments/benchmark.py", *map(shlex.quote, sys.argv[1:])])
+    peer_versions = results["peer"].get("versions", {})
+    patches = results["ours"].get("patches", {})
+    grids = ", ".join(f"{name} {entry['grid']}" for name, entry in patches.items())
+    reduced = "Full run."
+    if args.quick:
+        full = PLANS["full"]
+        changes = ", ".join(f"{key} {plan[key]} instead of {full[key]}" for key in full)
+        reduced = f"QUICK RUN, reduced workload ({changes}): noisier, and not the 15-epoch end-to-end target."
+    errors = [f"- {name}: {r['error']}" for name, r in results.items() if "error" in r]
+    lines = [
+        "# Benchmarks: scenecls vs the reference's Keras implementation",
+        "",
+        f"Written by `{command}` on {started:%Y-%m-%d %H:%M %Z} (took {seconds / 60:.1f} min). {reduced}",
+        "",
+        f"- Machine: {_machine()}; load average at the end {os.getloadavg()[0]:.2f}.",
+        f"- Versions: Python {platform.python_version()}, jax {jax.__version__}, "
+        f"tensorflow {peer_versions.get('tensorflow', '?')}, tf_keras {peer_versions.get('tf_keras', '?')}.",
+        f"- Model: ResNet-50 (Keras variant, random weights) + Inception head, 224 px, batch "
+        f"{plan['batch_size']} (evaluation batch {plan['eval_batch_size']} for both), scenecls compute dtype "
+        f"{plan['dtype']}.",
+        f"- Data: {plan['per_class']} synthetic scenes per class, split {plan['counts']}; patch inference on "
+        f"one {PATCH_IMAGE[1]}x{PATCH_IMAGE[0]} composite (scenecls grids: {grids or 'failed'}; the Keras "
+        f"loop's grid at stride 112 has {results['peer'].get('patch_loop_grid', '?')} whole patches).",
+        "",
+        _markdown_table(["measurement", "scenecls", "Keras peer", "scenecls advantage", "target"], rows),
+        "",
+        '"scenecls advantage" is how many times better scenecls is: scenecls/Keras for rates, Keras/scenecls '
+        "for seconds and memory. All three patch rows are compared with the same Keras per-patch loop.",
+        "",
+        "## Hardware reference",
+        "",
+        _markdown_table(["what", "measured"], hardware),
+        "",
+        "## What each row measures",
+        "",
+        DEFINITIONS,
+    ]
+    if errors:
+        lines += ["", "## Failures", "", *errors]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer images, steps, patches and epochs (< 5 min)"
+    )
+    parser.add_argument("--dtype", default="float32", help="scenecls config.model.dtype (float32 | bfloat16)")
+    parser.add_argument("--output", default=os.path.join(REPO, "docs", "benchmarks.md"))
+    parser.add_argument("--job", choices=sorted(JOBS), help="internal: run one scenecls measurement process")
+    parser.add_argument("--plan", help="internal: the plan JSON of --job")
+    parser.add_argument("--result", help="internal: where --job writes its JSON")
+    args = parser.parse_args()
+    if args.job:
+        with open(args.plan) as f:
+            results = JOBS[args.job](json.load(f))
+        results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        with open(args.result, "w") as f:
+            json.dump(results, f, indent=2)
+        return
+
+    started, clock = datetime.datetime.now().astimezone(), time.perf_counter()
+    kind = "quick" if args.quick else "full"
+    with tempfile.TemporaryDirectory(prefix="scenecls_bench_") as tmp:
+        plan = {
+            **PLANS[kind],
+            "dtype": args.dtype,
+            "image_size": 224,
+            "batch_size": 32,
+            "eval_batch_size": default_config().eval_batch_size,
+            "patch_size": 224,
+            "patch_stride": 112,
+            "workdir": tmp,
+            "prepared_dir": os.path.join(tmp, "prepared"),
+            "data": os.path.join(tmp, "data.npz"),
+            "patch_image": os.path.join(tmp, "composite.npy"),
+            "jax_cache": os.path.join(tmp, "jax_cache"),
+        }
+        print(f"Preparing inputs ({kind} run) in {tmp}", flush=True)
+        _prepare_inputs(plan)
+        plan_path = os.path.join(tmp, "plan.json")
+        with open(plan_path, "w") as f:
+            json.dump(plan, f)
+        numpy_peak = _matmul_gflops(np.matmul)
+        script = os.path.abspath(__file__)
+        ours = _run_job(script, "speed", plan_path, tmp)
+        warm = _run_job(script, "first_step", plan_path, tmp)
+        peer = _run_job(PEER, "speed", plan_path, tmp)
+        ours_fit = _run_job(script, "fit", plan_path, tmp)
+        peer_fit = _run_job(PEER, "fit", plan_path, tmp)
+    results = {"ours": ours, "warm": warm, "peer": peer, "ours_fit": ours_fit, "peer_fit": peer_fit}
+    report = _report(args, plan, results, numpy_peak, started, time.perf_counter() - clock)
+    print("\n" + report)
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    with open(args.output, "w") as f:
+        f.write(report)
+    print(f"Wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
