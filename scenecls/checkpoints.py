@@ -61,6 +61,13 @@ class CorruptCheckpointError(WorkdirError):
     """A checkpoint whose files are missing, truncated or do not match their checksum."""
 
 
+class WriteError(OSError):
+    """A file or checkpoint that could not be written; ``str(e)`` is one line naming the path and reason."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 def _manager(path: str, max_to_keep: int) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
@@ -98,7 +105,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, 
     """Saves a pytree and its JSON metadata atomically as checkpoint ``step`` (replacing one of that step).
 
     Raises:
-      OSError: the checkpoint could not be written (full disk, read-only or unwritable workdir); earlier
+      WriteError: the checkpoint could not be written (full disk, read-only or unwritable workdir); earlier
         checkpoints are intact and no partial step is left behind.
     """
     if step in manager.all_steps():  # written by a run killed before its resume point; redo it
@@ -114,7 +121,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, 
         if isinstance(e, ocp.checkpoint_manager.StepAlreadyExistsError):
             raise
         _remove_partial(manager, step)
-        raise OSError(
+        raise WriteError(
             _errno_of(e), f"cannot write checkpoint {_step_path(manager, step)}: {_reason(e)}"
         ) from None
 
@@ -238,7 +245,7 @@ def write_run_files(workdir: str, config: ml_collections.ConfigDict, classes: tu
 
     Raises:
       WorkdirError: the workdir holds another run, or one of a newer format.
-      OSError: the files could not be written (one line naming the path and reason).
+      WriteError: the files could not be written (one line naming the path and reason).
     """
     check_compatible(workdir, config, classes)
     files = {
@@ -261,7 +268,7 @@ def _write_atomically(path: str, text: str) -> None:
     except OSError as e:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
-        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from None
+        raise WriteError(e.errno, f"cannot write {path}: {e.strerror or e}") from None
 
 
 def read_run_config(workdir: str) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
