@@ -76,6 +76,11 @@ def default_config() -> ml_collections.ConfigDict:
     config.reduce_lr.min_lr = 1e-7
 
     config.log_every_steps = 10
+    # The resumable state is saved after every epoch, every this many minutes within one (0: epochs only)
+    # and on SIGINT/SIGTERM. Steps whose loss is not finite are skipped (no update); more than this many
+    # stop training with the last good checkpoint kept.
+    config.checkpoint_every_minutes = 10.0
+    config.max_nonfinite_steps = 0
 
     # Evaluation.
     config.eval = ml_collections.ConfigDict()

@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
-    from scenecls import config_check, demo, evaluate, patches, train, workdir_lock
+    from scenecls import config_check, demo, evaluate, patches, run_control, train, workdir_lock
     from scenecls.data import builder
 
     logging.get_absl_handler().addFilter(_QuietLibraries())
@@ -77,6 +77,9 @@ def main(argv: list[str]) -> int:
             if not config.data.synthetic_per_class:
                 raise ValueError("--mode=synth needs --config.data.synthetic_per_class=N (images per class)")
             print(f"Synthetic dataset in {builder.resolve_source_dir(config.data, workdir)}")
+    except run_control.Interrupted as e:  # SIGINT/SIGTERM: the state is saved; say how to resume.
+        print(f"scenecls: {e}", file=sys.stderr)
+        return e.exit_status
     except (ValueError, OSError) as e:  # Expected failures (bad input) end with one line, not a traceback.
         logging.debug("Failure details", exc_info=True)
         print(f"scenecls: error: {e}", file=sys.stderr)

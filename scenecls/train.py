@@ -9,8 +9,10 @@ checkpointed every epoch, so re-running on the same workdir resumes.
 
 import dataclasses
 import functools
+import itertools
 import json
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -21,10 +23,20 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from absl import logging
 from flax.training import train_state
 
-from scenecls import checkpoints, evaluate, feature_cache, freeze, plots, pretrained, summaries
+from scenecls import (
+    checkpoints,
+    evaluate,
+    feature_cache,
+    freeze,
+    plots,
+    pretrained,
+    run_control,
+    summaries,
+)
 from scenecls.data import builder, pipeline
 from scenecls.models import block_names, build_classifier
 from scenecls.preprocessing import mode_for_variant, preprocess
@@ -47,6 +59,17 @@ class StageProgress:
     epochs_without_improvement: int = 0
     epochs_since_lr_change: int = 0
     stopped_early: bool = False
+    nonfinite_steps: int = 0
+
+
+@dataclasses.dataclass
+class EpochPosition:
+    """Steps done in the current epoch and their summed metrics (kept in mid-epoch checkpoints)."""
+
+    step: int = 0
+    totals: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"loss": 0.0, "correct": 0.0, "count": 0.0}
+    )
 
 
 def weighted_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, weights: jnp.ndarray) -> jnp.ndarray:
@@ -86,7 +109,11 @@ def train_step(
     preprocess_mode: str,
     batchnorm_train: bool,
 ) -> tuple[TrainState, dict[str, jnp.ndarray]]:
-    """One optimisation step; returns the new state and summed batch metrics."""
+    """One optimisation step; returns the new state and summed batch metrics.
+
+    A step whose loss or updated parameters are not finite leaves parameters, optimizer and BatchNorm
+    state unchanged and reports ``finite=False`` (the caller decides whether to stop).
+    """
     images = preprocess(batch["image"], preprocess_mode)
     labels = batch["label"]
     key = jax.random.fold_in(dropout_key, state.step)
@@ -108,17 +135,23 @@ def train_step(
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     directions, opt_state = state.tx.update(grads, state.opt_state, state.params)
     updates = jax.tree_util.tree_map(lambda d: -learning_rate * d, directions)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & jnp.all(
+        jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(params)])
+    )
+    keep_if_finite = functools.partial(jax.tree_util.tree_map, lambda new, old: jnp.where(finite, new, old))
     new_state = state.replace(
         step=state.step + 1,
-        params=optax.apply_updates(state.params, updates),
-        opt_state=opt_state,
-        batch_stats=batch_stats,
+        params=keep_if_finite(params, state.params),
+        opt_state=keep_if_finite(opt_state, state.opt_state),
+        batch_stats=keep_if_finite(batch_stats, state.batch_stats),
     )
     count = labels.shape[0]
     metrics = {
         "loss": loss * count,
         "correct": jnp.sum(jnp.argmax(logits, -1) == labels),
         "count": jnp.asarray(count),
+        "finite": finite,
     }
     return new_state, metrics
 
@@ -201,8 +234,8 @@ class _EpochLogger:
             self.epochs,
             step,
             self.steps,
-            totals["loss"] / totals["count"],
-            totals["correct"] / totals["count"],
+            totals["loss"] / max(totals["count"], 1.0),
+            totals["correct"] / max(totals["count"], 1.0),
             rate,
             eta,
         )
@@ -212,26 +245,35 @@ def _train_epoch(
     state: TrainState,
     step_fn: Callable,
     batches: Iterator[dict[str, np.ndarray]],
-    progress: StageProgress,
+    position: EpochPosition,
+    learning_rate: float,
     dropout_key: jax.Array,
     class_weights: jnp.ndarray,
     logger: _EpochLogger,
+    after_step: Callable[[TrainState, EpochPosition, bool], None],
 ) -> tuple[TrainState, dict[str, float]]:
-    """Runs one epoch of train steps; returns the state and mean loss/accuracy and throughput."""
-    totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
-    start = time.perf_counter()
-    learning_rate = jnp.asarray(progress.learning_rate, jnp.float32)
-    for step, batch in enumerate(batches, start=1):
-        state, metrics = step_fn(state, batch, learning_rate, dropout_key, class_weights)
-        for key, value in jax.device_get(metrics).items():
-            totals[key] += float(value)
-        logger.step(step, totals)
+    """Runs an epoch's train steps from ``position`` on; returns the state, mean loss/accuracy, img/s.
+
+    ``after_step(state, position, finite)`` runs after every step (checkpoints, stop requests); steps with
+    a non-finite loss are left out of the means.
+    """
+    start, count_at_start = time.perf_counter(), position.totals["count"]
+    lr = jnp.asarray(learning_rate, jnp.float32)
+    for batch in itertools.islice(batches, position.step, None):
+        state, metrics = step_fn(state, batch, lr, dropout_key, class_weights)
+        metrics = jax.device_get(metrics)
+        position.step += 1
+        if metrics["finite"]:
+            for key in position.totals:
+                position.totals[key] += float(metrics[key])
+        logger.step(position.step, position.totals)
+        after_step(state, position, bool(metrics["finite"]))
     seconds = time.perf_counter() - start
-    count = max(totals["count"], 1.0)
+    count = max(position.totals["count"], 1.0)
     return state, {
-        "loss": totals["loss"] / count,
-        "accuracy": totals["correct"] / count,
-        "images_per_s": totals["count"] / max(seconds, 1e-9),
+        "loss": position.totals["loss"] / count,
+        "accuracy": position.totals["correct"] / count,
+        "images_per_s": (position.totals["count"] - count_at_start) / max(seconds, 1e-9),
     }
 
 
@@ -276,124 +318,204 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
 
     latest = checkpoints.latest_manager(workdir)
-    resume = checkpoints.restore_meta(latest)
-    history: dict[str, list[dict[str, Any]]] = resume["history"] if resume else {}
+    resume = checkpoints.restore_latest(
+        latest, lambda meta: _state_tree(_abstract_state(config, num_classes, meta["stage"]))
+    )
+    history: dict[str, list[dict[str, Any]]] = resume.meta["history"] if resume else {}
     writer = summaries.SummaryWriter(os.path.join(workdir, "tensorboard"))
     variables = None
     epoch_offset = 0
-    for stage_index, stage in enumerate(checkpoints.STAGES):
-        stage_config = config[stage]
-        if resume and checkpoints.STAGES.index(resume["stage"]) > stage_index:
-            epoch_offset += stage_config.epochs
-            continue
-        if stage_config.epochs <= 0:
-            continue
-        if variables is None:
-            variables = (
-                _best_variables(workdir, checkpoints.STAGES[stage_index - 1])
-                if stage_index > 0 and resume
-                else initial_variables(config, num_classes)
-            )
-        labels = freeze.param_labels(
-            variables["params"],
-            variables["batch_stats"],
-            stage_config.trainable,
-            stage_config.train_batchnorm,
-        )
-        freeze.log_trainable(stage, labels, variables["params"])
-        boundary = freeze.gradient_boundary(labels, block_names(config.model.stage_sizes))
-        logging.info("%s: gradients stop at %s", stage, boundary or "nothing (full backprop)")
-        model = build_classifier(config.model, num_classes, gradient_boundary=boundary)
-        train_batches, val_batches, model_inputs = _stage_inputs(
-            config, stage, boundary, model, variables, prepared, mode, workdir
-        )
-        state = create_train_state(model_inputs.model, variables, labels)
-        progress = StageProgress(epochs_done=0, learning_rate=stage_config.learning_rate)
-        if resume and resume["stage"] == stage:
-            state = state.replace(
-                **checkpoints.restore_state(latest, latest.latest_step(), _state_tree(state))
-            )
-            progress = StageProgress(**resume["progress"])
-            logging.info(
-                "Resuming %s after epoch %d (checkpoint %d)",
-                stage,
-                progress.epochs_done,
-                latest.latest_step(),
-            )
-        records = history.setdefault(stage, [])
-        step_fn = jax.jit(
-            functools.partial(
-                train_step,
-                preprocess_mode=model_inputs.preprocess_mode,
-                batchnorm_train=stage_config.train_batchnorm,
-            ),
-            donate_argnums=0,
-        )
-        dropout_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), stage_index)
-        best = checkpoints.best_manager(workdir, stage)
-        while progress.epochs_done < stage_config.epochs and not progress.stopped_early:
-            epoch = progress.epochs_done + 1
-            global_epoch = epoch_offset + epoch
-            logger = _EpochLogger(
-                stage, epoch, stage_config.epochs, steps, config.batch_size, config.log_every_steps
-            )
-            learning_rate = progress.learning_rate
-            state, train_metrics = _train_epoch(
-                state,
-                step_fn,
-                train_batches(global_epoch),
-                progress,
-                dropout_key,
-                class_weights,
-                logger,
-            )
-            eval_variables = {"params": state.params, "batch_stats": state.batch_stats}
-            val = evaluate.predict_split(
-                model_inputs.model, eval_variables, val_batches(), model_inputs.preprocess_mode
-            )
-            record = {
-                "epoch": epoch,
-                **{k: train_metrics[k] for k in ("loss", "accuracy")},
-                "val_loss": val["loss"],
-                "val_accuracy": val["accuracy"],
-                "lr": learning_rate,
-                "images_per_s": train_metrics["images_per_s"],
-            }
-            records.append(record)
-            monitored = record[config.early_stopping.metric]
-            if update_progress(progress, monitored, config, stage_config.epochs):
-                checkpoints.save(
-                    best, global_epoch, eval_variables, {"stage": stage, "epoch": epoch, **record}
+    with run_control.StopRequests() as stop:
+        for stage_index, stage in enumerate(checkpoints.STAGES):
+            stage_config = config[stage]
+            if resume and checkpoints.STAGES.index(resume.meta["stage"]) > stage_index:
+                epoch_offset += stage_config.epochs
+                continue
+            if stage_config.epochs <= 0:
+                continue
+            if variables is None:
+                variables = (
+                    _best_variables(workdir, checkpoints.STAGES[stage_index - 1])
+                    if stage_index > 0 and resume
+                    else initial_variables(config, num_classes)
                 )
-            logging.info(
-                "%s epoch %d/%d: loss %.4f acc %.4f val_loss %.4f val_acc %.4f lr %.2e (%.1f img/s)",
-                stage,
-                epoch,
-                stage_config.epochs,
-                record["loss"],
-                record["accuracy"],
-                record["val_loss"],
-                record["val_accuracy"],
-                learning_rate,
-                record["images_per_s"],
+            labels = freeze.param_labels(
+                variables["params"],
+                variables["batch_stats"],
+                stage_config.trainable,
+                stage_config.train_batchnorm,
             )
-            writer.scalars(global_epoch, {f"{stage}/{k}": v for k, v in record.items() if k != "epoch"})
-            checkpoints.save(
-                latest,
-                global_epoch,
-                _state_tree(state),
-                {"stage": stage, "progress": dataclasses.asdict(progress), "history": history},
+            freeze.log_trainable(stage, labels, variables["params"])
+            boundary = freeze.gradient_boundary(labels, block_names(config.model.stage_sizes))
+            logging.info("%s: gradients stop at %s", stage, boundary or "nothing (full backprop)")
+            model = build_classifier(config.model, num_classes, gradient_boundary=boundary)
+            train_batches, val_batches, model_inputs = _stage_inputs(
+                config, stage, boundary, model, variables, prepared, mode, workdir
             )
-            _write_history(workdir, history)
-        logging.info("%s", _stage_summary(stage, records, progress))
-        feature_cache.remove(_cache_dir(workdir))
-        variables = _best_variables(workdir, stage)
-        epoch_offset += stage_config.epochs
-        resume = None
+            state = create_train_state(model_inputs.model, variables, labels)
+            progress = StageProgress(epochs_done=0, learning_rate=stage_config.learning_rate)
+            position = EpochPosition()
+            if resume and resume.meta["stage"] == stage:
+                state = state.replace(**resume.state)
+                progress = StageProgress(**resume.meta["progress"])
+                position = EpochPosition(**resume.meta.get("position", {}))
+                logging.info(
+                    "Resuming %s at epoch %d step %d (checkpoint %d)",
+                    stage,
+                    progress.epochs_done + 1,
+                    position.step,
+                    resume.step,
+                )
+            records = history.setdefault(stage, [])
+            step_fn = jax.jit(
+                functools.partial(
+                    train_step,
+                    preprocess_mode=model_inputs.preprocess_mode,
+                    batchnorm_train=stage_config.train_batchnorm,
+                ),
+                donate_argnums=0,
+            )
+            dropout_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), stage_index)
+            best = checkpoints.best_manager(workdir, stage)
+            guard = _StageGuard(
+                stage=stage,
+                epoch_offset=epoch_offset,
+                steps=steps,
+                progress=progress,
+                history=history,
+                latest=latest,
+                stop=stop,
+                timer=run_control.SaveTimer(config.checkpoint_every_minutes),
+                max_nonfinite_steps=config.max_nonfinite_steps,
+            )
+            while progress.epochs_done < stage_config.epochs and not progress.stopped_early:
+                epoch = progress.epochs_done + 1
+                global_epoch = epoch_offset + epoch
+                logger = _EpochLogger(
+                    stage, epoch, stage_config.epochs, steps, config.batch_size, config.log_every_steps
+                )
+                learning_rate = progress.learning_rate
+                state, train_metrics = _train_epoch(
+                    state,
+                    step_fn,
+                    train_batches(global_epoch),
+                    position,
+                    learning_rate,
+                    dropout_key,
+                    class_weights,
+                    logger,
+                    guard.after_step,
+                )
+                eval_variables = {"params": state.params, "batch_stats": state.batch_stats}
+                val = evaluate.predict_split(
+                    model_inputs.model, eval_variables, val_batches(), model_inputs.preprocess_mode
+                )
+                record = {
+                    "epoch": epoch,
+                    **{k: train_metrics[k] for k in ("loss", "accuracy")},
+                    "val_loss": val["loss"],
+                    "val_accuracy": val["accuracy"],
+                    "lr": learning_rate,
+                    "images_per_s": train_metrics["images_per_s"],
+                }
+                records.append(record)
+                monitored = record[config.early_stopping.metric]
+                if update_progress(progress, monitored, config, stage_config.epochs):
+                    checkpoints.save(
+                        best, global_epoch, eval_variables, {"stage": stage, "epoch": epoch, **record}
+                    )
+                logging.info(
+                    "%s epoch %d/%d: loss %.4f acc %.4f val_loss %.4f val_acc %.4f lr %.2e (%.1f img/s)",
+                    stage,
+                    epoch,
+                    stage_config.epochs,
+                    record["loss"],
+                    record["accuracy"],
+                    record["val_loss"],
+                    record["val_accuracy"],
+                    learning_rate,
+                    record["images_per_s"],
+                )
+                writer.scalars(global_epoch, {f"{stage}/{k}": v for k, v in record.items() if k != "epoch"})
+                position = EpochPosition()
+                guard.save(state, position, epoch + 1)
+                _write_history(workdir, history)
+                guard.raise_if_stop_requested(f"{stage} epoch {epoch} is saved")
+            logging.info("%s", _stage_summary(stage, records, progress))
+            feature_cache.remove(_cache_dir(workdir))
+            variables = _best_variables(workdir, stage)
+            epoch_offset += stage_config.epochs
+            resume = None
     writer.close()
     _write_history(workdir, history)
     plots.plot_curves(history, os.path.join(workdir, "curves.png"))
     return evaluate.evaluate(config, workdir)
+
+
+@dataclasses.dataclass
+class _StageGuard:
+    """Keeps a stage's work safe: resumable checkpoints (per epoch, every few minutes, on SIGINT/SIGTERM)
+    and the stop on non-finite losses."""
+
+    stage: str
+    epoch_offset: int
+    steps: int
+    progress: StageProgress
+    history: dict[str, list[dict[str, Any]]]
+    latest: ocp.CheckpointManager
+    stop: run_control.StopRequests
+    timer: run_control.SaveTimer
+    max_nonfinite_steps: int
+
+    def save(self, state: TrainState, position: EpochPosition, epoch: int) -> None:
+        """Checkpoints the state at ``position`` of stage epoch ``epoch``, numbered by global step."""
+        checkpoints.save(
+            self.latest,
+            (self.epoch_offset + epoch - 1) * self.steps + position.step,
+            _state_tree(state),
+            {
+                "stage": self.stage,
+                "progress": dataclasses.asdict(self.progress),
+                "position": dataclasses.asdict(position),
+                "history": self.history,
+            },
+        )
+        self.timer.reset()
+
+    def raise_if_stop_requested(self, saved: str) -> None:
+        """Ends the run with Interrupted when a signal arrived (after ``saved`` was checkpointed)."""
+        if self.stop.signum is not None:
+            raise run_control.Interrupted(
+                f"interrupted by {signal.Signals(self.stop.signum).name}: {saved} in "
+                f"{self.latest.directory}; run the same command again to resume",
+                self.stop.signum,
+            )
+
+    def after_step(self, state: TrainState, position: EpochPosition, finite: bool) -> None:
+        """Within an epoch: counts non-finite steps, saves when due or asked to stop."""
+        epoch = self.progress.epochs_done + 1
+        where = f"{self.stage} epoch {epoch} step {position.step}/{self.steps}"
+        if not finite:
+            self.progress.nonfinite_steps += 1
+            logging.warning("Non-finite loss at %s: update skipped", where)
+            if self.progress.nonfinite_steps > self.max_nonfinite_steps:
+                kept = self.latest.latest_step()
+                advice = "lower the learning rate or check the data"
+                raise run_control.NonFiniteLoss(
+                    f"non-finite loss at {where} ({self.progress.nonfinite_steps} such steps, "
+                    f"config.max_nonfinite_steps={self.max_nonfinite_steps}); training stopped. "
+                    + (
+                        f"The last good checkpoint ({self.latest.directory}/{kept}) is kept: {advice}, "
+                        "then rerun to resume from it"
+                        if kept is not None
+                        else f"No checkpoint was written yet: {advice}"
+                    )
+                )
+        if self.stop.signum is not None:
+            self.save(state, position, epoch)
+            self.raise_if_stop_requested(f"{where} is saved")
+        if self.timer.due() and position.step < self.steps:
+            self.save(state, position, epoch)
 
 
 class _ModelInputs(NamedTuple):
@@ -446,6 +568,24 @@ def _state_tree(state: TrainState) -> dict[str, Any]:
         "batch_stats": state.batch_stats,
         "opt_state": state.opt_state,
     }
+
+
+def _abstract_state(config: ml_collections.ConfigDict, num_classes: int, stage: str) -> TrainState:
+    """Shapes and dtypes of a stage's TrainState (no computation): the target a checkpoint restores into."""
+    model = build_classifier(config.model, num_classes)
+    size = config.image_size
+
+    def create() -> TrainState:
+        variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3), jnp.float32))
+        labels = freeze.param_labels(
+            variables["params"],
+            variables["batch_stats"],
+            config[stage].trainable,
+            config[stage].train_batchnorm,
+        )
+        return create_train_state(model, variables, labels)
+
+    return jax.eval_shape(create)
 
 
 def _best_variables(workdir: str, stage: str) -> dict[str, Any]:
