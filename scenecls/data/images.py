@@ -59,8 +59,9 @@ def load_rgb(source: str | os.PathLike | bytes, draft_shorter_side: int | None =
         raise ImageError(f"{name}: too many pixels to decode safely ({e})") from None
     except Image.UnidentifiedImageError:
         raise ImageError(f"{name}: not a recognised image format (corrupt, or not an image)") from None
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
-        # Pillow reports truncated/corrupt data as OSError, some plugins as SyntaxError or ValueError.
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, Warning) as e:
+        # Pillow reports truncated/corrupt data as OSError, some plugins as SyntaxError or ValueError, and
+        # some as warnings (corrupt EXIF), which are exceptions when warnings are errors (python -W error).
         reason = " ".join(str(e).split()) or type(e).__name__
         raise ImageError(f"{name}: corrupt or truncated image data ({reason})") from None
 
