@@ -24,6 +24,7 @@ import os
 import platform
 import resource
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from scenecls import evaluate, freeze, train
 from scenecls.config import default_config
@@ -47,7 +49,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 PEER = os.path.join(HERE, "keras_peer.py")
 NOMINAL_RESNET50_GFLOP = 8.2  # per 224 px image, 4.1 GMAC
-PATCH_IMAGE = (896, 1344)  # height, width of the composite for patch inference
 # Workload sizes: the full run, and --quick (what it reduces is printed with the results).
 PLANS = {
     "full": {
@@ -57,14 +58,16 @@ PLANS = {
         "loop_patches": 30,
         "patch_repeats": 2,
         "epochs": 15,
+        "patch_image_hw": [896, 1344],
     },
     "quick": {
-        "per_class": 24,
+        "per_class": 16,
         "steps": 2,
         "eval_images": 64,
         "loop_patches": 6,
         "patch_repeats": 1,
         "epochs": 3,
+        "patch_image_hw": [448, 672],
     },
 }
 PATCH_MODES = (("exact", 112), ("shared", 112), ("shared", 32))
@@ -101,6 +104,12 @@ def _use_compilation_cache(directory: str) -> None:
     """The persistent compilation cache as scenecls/main.py configures it, in ``directory``."""
     jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def _record(results: dict, key: str, value: Any) -> None:
+    """Stores a measured figure and prints it, so a job's log shows its progress."""
+    results[key] = value
+    print(f"{key}: {value}", flush=True)
 
 
 def _stage_step(config: ml_collections.ConfigDict, variables: dict, stage: str, num_classes: int):
@@ -173,7 +182,8 @@ def _eval_batches(data: Any, count: int, batch_size: int) -> list[dict[str, np.n
 def _flops_per_image(model, variables: dict, batch: dict, preprocess_mode: str) -> float:
     """FLOPs of one image's forward pass (the evaluation step), as XLA counts them."""
     step = jax.jit(evaluate.eval_step, static_argnames=("model", "preprocess_mode"))
-    compiled = step.lower(variables, batch, model=model, preprocess_mode=preprocess_mode).compile()
+    inputs = {key: batch[key] for key in ("image", "label", "mask")}
+    compiled = step.lower(variables, inputs, model=model, preprocess_mode=preprocess_mode).compile()
     analysis = compiled.cost_analysis()
     analysis = analysis[0] if isinstance(analysis, list | tuple) else analysis
     return float(analysis["flops"]) / len(batch["label"])
@@ -204,23 +214,27 @@ def scenecls_speed(plan: dict) -> dict:
     _use_compilation_cache(plan["jax_cache"])
     config = _config(plan)
     data = np.load(plan["data"])
-    num_classes, batch_size, mode = int(data["num_classes"]), config.batch_size, mode_for_variant("keras")
+    num_classes, batch_size, mode = (
+        int(data["num_classes"]),
+        config.batch_size,
+        mode_for_variant(config.model.variant),
+    )
     batch = {"image": data["train_x"][:batch_size], "label": data["train_y"][:batch_size]}
     class_weights = jnp.asarray(data["class_weights"])
     results = {}
-    results["first_step_cold_s"], variables = _first_step(config, batch, num_classes)
+    seconds, variables = _first_step(config, batch, num_classes)
+    _record(results, "first_step_cold_s", seconds)
 
     for stage in ("stage1", "stage2"):
         state, step = _stage_step(config, variables, stage, num_classes)
         state, _, _ = _run_steps(state, step, [batch], class_weights)  # warm-up
         state, images, seconds = _run_steps(state, step, [batch] * plan["steps"], class_weights)
-        results[f"{stage}_step_img_s"] = images / seconds
+        _record(results, f"{stage}_step_img_s", images / seconds)
         if stage == "stage1":  # the real input pipeline: tf.data decoding and the paper's augmentation
             prepared = builder.prepare(config.data, plan["workdir"])
-            state, _, _ = _run_steps(state, step, pipeline.train_batches(prepared, config, 0), class_weights)
             batches = pipeline.train_batches(prepared, config, epoch=1)
             state, images, seconds = _run_steps(state, step, batches, class_weights)
-            results["stage1_augmented_img_s"] = images / seconds
+            _record(results, "stage1_augmented_img_s", images / seconds)
         del state  # frees the stage's optimizer state before the next
 
     model = build_classifier(config.model, num_classes)
@@ -229,13 +243,13 @@ def scenecls_speed(plan: dict) -> dict:
     evaluate.predict_split(model, variables, eval_batches[:1], mode)  # warm-up
     start = time.perf_counter()
     evaluate.predict_split(model, variables, eval_batches, mode)
-    results["eval_img_s"] = plan["eval_images"] / (time.perf_counter() - start)
-    results["forward_flops_per_img"] = _flops_per_image(model, variables, eval_batches[0], mode)
-    results["jax_matmul_gflops"] = _matmul_gflops(jax.jit(jnp.dot))
+    _record(results, "eval_img_s", plan["eval_images"] / (time.perf_counter() - start))
+    _record(results, "forward_flops_per_img", _flops_per_image(model, variables, eval_batches[0], mode))
+    _record(results, "jax_matmul_gflops", _matmul_gflops(jax.jit(jnp.dot)))
 
     classes = [str(c) for c in data["classes"]]
     image = np.load(plan["patch_image"])
-    results["patches"] = _patch_rates(config, model, variables, classes, image, plan["patch_repeats"])
+    _record(results, "patches", _patch_rates(config, model, variables, classes, image, plan["patch_repeats"]))
     return results
 
 
@@ -256,6 +270,8 @@ def scenecls_fit(plan: dict) -> dict:
     config.cache_features = True
     config.early_stopping.patience = plan["epochs"] + 1  # run every epoch, as Keras' fit does
     workdir = os.path.join(plan["workdir"], "scenecls_fit")
+    shutil.rmtree(workdir, ignore_errors=True)  # a fresh run, not a resumed one
+    logging.set_verbosity(logging.INFO)  # the job's log shows where the time goes
     start = time.perf_counter()
     train.train_and_evaluate(config, workdir)
     seconds = time.perf_counter() - start
@@ -265,6 +281,25 @@ def scenecls_fit(plan: dict) -> dict:
 
 
 JOBS = {"speed": scenecls_speed, "first_step": scenecls_first_step, "fit": scenecls_fit}
+
+
+def _plan(kind: str, dtype: str, directory: str) -> dict:
+    """Workload sizes and input paths shared by every job (written as JSON for the job processes)."""
+    shutil.rmtree(os.path.join(directory, "jax_cache"), ignore_errors=True)  # "cold" must be cold
+    return {
+        **PLANS[kind],
+        "dtype": dtype,
+        "image_size": 224,
+        "batch_size": 32,
+        "eval_batch_size": default_config().eval_batch_size,
+        "patch_size": 224,
+        "patch_stride": 112,
+        "workdir": directory,
+        "prepared_dir": os.path.join(directory, "prepared"),
+        "data": os.path.join(directory, "data.npz"),
+        "patch_image": os.path.join(directory, "composite.npy"),
+        "jax_cache": os.path.join(directory, "jax_cache"),
+    }
 
 
 def _prepare_inputs(plan: dict) -> None:
@@ -287,7 +322,7 @@ def _prepare_inputs(plan: dict) -> None:
         classes=np.array(prepared.classes),
         class_weights=pipeline.class_weights(prepared.counts["train"]),
     )
-    image = synthetic.make_composite(*PATCH_IMAGE, seed=0, unit=40)[0]
+    image = synthetic.make_composite(*plan["patch_image_hw"], seed=0, unit=40)[0]
     np.save(plan["patch_image"], image)
     plan["counts"] = {split: int(sum(c)) for split, c in prepared.counts.items()}
 
@@ -326,15 +361,13 @@ def _advantage(ours: float | None, theirs: float | None, lower_is_better: bool =
     return theirs / ours if lower_is_better else ours / theirs
 
 
-def _row(
-    name: str, unit: str, ours, theirs, target: float | None = None, lower_is_better: bool = False
-) -> list:
+def _row(name: str, ours, theirs, target: float | None = None, lower_is_better: bool = False) -> list:
     advantage = _advantage(ours, theirs, lower_is_better)
     met = "" if target is None or advantage is None else ("yes" if advantage >= target else "no")
     return [
         name,
-        f"{_fmt(ours)} {unit}",
-        f"{_fmt(theirs)} {unit}",
+        _fmt(ours),
+        _fmt(theirs),
         "failed" if advantage is None else f"{advantage:.2f}x",
         "" if target is None else f">= {target:g}x {met}",
     ]
@@ -349,56 +382,49 @@ def _table(plan: dict, results: dict[str, dict], numpy_peak: float) -> tuple[lis
     rows = [
         _row(
             "Stage-1 train step, batch in memory (img/s)",
-            "",
             ours.get("stage1_step_img_s"),
             peer.get("stage1_step_img_s"),
         ),
         _row(
             "Stage-1 train, augmented real input pipeline (img/s)",
-            "",
             ours.get("stage1_augmented_img_s"),
             peer.get("stage1_augmented_img_s"),
             1.5,
         ),
         _row(
             "Stage-2 train step, batch in memory (img/s)",
-            "",
             ours.get("stage2_step_img_s"),
             peer.get("stage2_step_img_s"),
             1.3,
         ),
-        _row("Evaluation forward (img/s)", "", ours.get("eval_img_s"), peer.get("eval_img_s")),
+        _row("Evaluation forward (img/s)", ours.get("eval_img_s"), peer.get("eval_img_s")),
     ]
     for (mode, stride), target in zip(PATCH_MODES, (10, None, 50), strict=True):
         entry = patches.get(f"{mode}_{stride}", {})
         patches_per_image = entry.get("patches", "?")
         label = f"Patches {mode} stride {stride}, {patches_per_image}/image (patches/s vs per-patch loop)"
-        rows.append(_row(label, "", entry.get("patches_s"), loop, target))
+        rows.append(_row(label, entry.get("patches_s"), loop, target))
     rows += [
         _row(
             "Time to first step, cold JAX cache (s)",
-            "",
             ours.get("first_step_cold_s"),
             peer.get("first_step_s"),
             lower_is_better=True,
         ),
         _row(
             "Time to first step, warm JAX cache (s)",
-            "",
             warm.get("first_step_warm_s"),
             peer.get("first_step_s"),
             lower_is_better=True,
         ),
         _row(
             "Peak resident memory, speed job (MiB)",
-            "",
             ours.get("peak_rss_mib"),
             peer.get("peak_rss_mib"),
             lower_is_better=True,
         ),
         _row(
             f"Stage 1 end to end, {plan['epochs']} epochs, aug off (s)",
-            "",
             ours_fit.get("stage1_fit_s"),
             peer_fit.get("stage1_fit_s"),
             10,
@@ -406,7 +432,6 @@ def _table(plan: dict, results: dict[str, dict], numpy_peak: float) -> tuple[lis
         ),
         _row(
             "Peak resident memory, end-to-end job (MiB)",
-            "",
             ours_fit.get("peak_rss_mib"),
             peer_fit.get("peak_rss_mib"),
             lower_is_better=True,
@@ -470,6 +495,7 @@ def _report(
     command = " ".join(["python", "experiments/benchmark.py", *map(shlex.quote, sys.argv[1:])])
     peer_versions = results["peer"].get("versions", {})
     patches = results["ours"].get("patches", {})
+    height_width = plan["patch_image_hw"]
     grids = ", ".join(f"{name} {entry['grid']}" for name, entry in patches.items())
     reduced = "Full run."
     if args.quick:
@@ -489,7 +515,7 @@ def _report(
         f"{plan['batch_size']} (evaluation batch {plan['eval_batch_size']} for both), scenecls compute dtype "
         f"{plan['dtype']}.",
         f"- Data: {plan['per_class']} synthetic scenes per class, split {plan['counts']}; patch inference on "
-        f"one {PATCH_IMAGE[1]}x{PATCH_IMAGE[0]} composite (scenecls grids: {grids or 'failed'}; the Keras "
+        f"one {height_width[1]}x{height_width[0]} composite (scenecls grids: {grids or 'failed'}; the Keras "
         f"loop's grid at stride 112 has {results['peer'].get('patch_loop_grid', '?')} whole patches).",
         "",
         _markdown_table(["measurement", "scenecls", "Keras peer", "scenecls advantage", "target"], rows),
@@ -519,6 +545,7 @@ def main() -> None:
     )
     parser.add_argument("--dtype", default="float32", help="scenecls config.model.dtype (float32 | bfloat16)")
     parser.add_argument("--output", default=os.path.join(REPO, "docs", "benchmarks.md"))
+    parser.add_argument("--workdir", help="keep inputs, job logs and results here (default: a temp dir)")
     parser.add_argument("--job", choices=sorted(JOBS), help="internal: run one scenecls measurement process")
     parser.add_argument("--plan", help="internal: the plan JSON of --job")
     parser.add_argument("--result", help="internal: where --job writes its JSON")
@@ -533,21 +560,10 @@ def main() -> None:
 
     started, clock = datetime.datetime.now().astimezone(), time.perf_counter()
     kind = "quick" if args.quick else "full"
-    with tempfile.TemporaryDirectory(prefix="scenecls_bench_") as tmp:
-        plan = {
-            **PLANS[kind],
-            "dtype": args.dtype,
-            "image_size": 224,
-            "batch_size": 32,
-            "eval_batch_size": default_config().eval_batch_size,
-            "patch_size": 224,
-            "patch_stride": 112,
-            "workdir": tmp,
-            "prepared_dir": os.path.join(tmp, "prepared"),
-            "data": os.path.join(tmp, "data.npz"),
-            "patch_image": os.path.join(tmp, "composite.npy"),
-            "jax_cache": os.path.join(tmp, "jax_cache"),
-        }
+    with tempfile.TemporaryDirectory(prefix="scenecls_bench_") as scratch:
+        tmp = args.workdir or scratch
+        os.makedirs(tmp, exist_ok=True)
+        plan = _plan(kind, args.dtype, tmp)
         print(f"Preparing inputs ({kind} run) in {tmp}", flush=True)
         _prepare_inputs(plan)
         plan_path = os.path.join(tmp, "plan.json")
