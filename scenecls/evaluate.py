@@ -11,8 +11,9 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from jax.sharding import Mesh
 
-from scenecls import checkpoints, metrics, reports
+from scenecls import checkpoints, metrics, parallel, reports
 from scenecls.data import builder, pipeline
 from scenecls.models import Classifier
 from scenecls.preprocessing import mode_for_variant, preprocess
@@ -43,24 +44,42 @@ def predict_split(
     variables: dict[str, Any],
     batches: Iterator[dict[str, np.ndarray]],
     preprocess_mode: str,
+    mesh: Mesh | None = None,
 ) -> dict[str, Any]:
-    """Runs a masked eval iterator; returns files, labels, probs (padding dropped) and mean loss/accuracy."""
+    """Runs masked eval batches over the mesh; returns files, labels, probs (padding dropped), loss, accuracy.
+
+    ``batches`` are this process's shard as ``pipeline.eval_batches`` yields it (process p of P holds
+    examples p, p + P, ...; every process the same number of equally sized batches). Each global batch is
+    split across all devices; the results of every process are gathered back into the data's order, so
+    every process returns the whole split, each example once.
+    """
+    mesh = mesh or parallel.create_mesh()
     step = functools.partial(_jitted_eval_step, model=model, preprocess_mode=preprocess_mode)
-    files, labels, probs = [], [], []
+    variables = parallel.replicate(mesh, variables)
+    files, labels, probs, masks = [], [], [], []
     totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
     for batch in batches:
-        out = jax.device_get(step(variables, {k: batch[k] for k in ("image", "label", "mask")}))
-        keep = batch["mask"].astype(bool)
-        files.extend(str(f.decode() if isinstance(f, bytes) else f) for f in batch["file"][keep])
-        labels.append(batch["label"][keep])
-        probs.append(out["probs"][keep])
+        out = step(variables, parallel.shard_batch(mesh, {k: batch[k] for k in ("image", "label", "mask")}))
+        files.extend(str(f.decode() if isinstance(f, bytes) else f) for f in batch["file"])
+        labels.append(batch["label"])
+        masks.append(batch["mask"].astype(bool))
+        probs.append(parallel.local_rows(out["probs"]))
         for key in totals:
             totals[key] += float(out[key])
+    if not labels:  # an empty split
+        return {
+            "files": [],
+            "labels": np.zeros((0,), np.int32),
+            "probs": np.zeros((0, 0), np.float32),
+            "loss": 0.0,
+            "accuracy": 0.0,
+        }
+    keep = parallel.gather_interleaved(np.concatenate(masks))
     count = max(totals["count"], 1.0)
     return {
-        "files": files,
-        "labels": np.concatenate(labels) if labels else np.zeros((0,), np.int32),
-        "probs": np.concatenate(probs) if probs else np.zeros((0, 0), np.float32),
+        "files": [f for f, k in zip(parallel.gather_strings(files), keep, strict=True) if k],
+        "labels": parallel.gather_interleaved(np.concatenate(labels))[keep],
+        "probs": parallel.gather_interleaved(np.concatenate(probs))[keep],
         "loss": totals["loss"] / count,
         "accuracy": totals["correct"] / count,
     }
@@ -97,13 +116,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     eval_config = ml_collections.ConfigDict(config.to_dict())
     eval_config.image_size = trained.config.image_size
     mode = mode_for_variant(trained.config.model.variant)
-    result = predict_split(
-        trained.model, trained.variables, pipeline.eval_batches(prepared, split, eval_config), mode
-    )
-    out_dir = os.path.join(workdir, "eval")
-    test_metrics = reports.evaluate_predictions(
-        out_dir, result["files"], result["labels"], result["probs"], trained.classes
-    )
+    mesh = parallel.create_mesh()
+    parallel.check_divisible(eval_config.eval_batch_size, "eval_batch_size", mesh)
+    batches = pipeline.eval_batches(prepared, split, eval_config, jax.process_index(), jax.process_count())
+    result = predict_split(trained.model, trained.variables, batches, mode, mesh)
+    if parallel.is_primary():
+        test_metrics = reports.evaluate_predictions(
+            os.path.join(workdir, "eval"), result["files"], result["labels"], result["probs"], trained.classes
+        )
+    else:  # every process has all predictions; only process 0 writes them
+        test_metrics = metrics.compute_metrics(result["labels"], result["probs"], trained.classes)
     logging.info(
         "Evaluation on %d %s examples:\n%s", len(result["files"]), split, metrics.format_report(test_metrics)
     )

@@ -24,6 +24,17 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for prepared data, checkpoints and outputs.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "infer", "prepare", "synth"], "What to do.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Join a multi-process run (jax.distributed); without the three flags below the cluster (SLURM, "
+    "GKE/TPU, Open MPI) is detected from the environment. See docs/scaling.md.",
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 for --distributed (default: from the cluster)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the --distributed run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (0 .. num_processes - 1).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -51,17 +62,23 @@ def main(argv: list[str]) -> int:
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
-    from scenecls import config_check, demo, evaluate, patches, run_control, train, workdir_lock
+    from scenecls import config_check, demo, evaluate, parallel, patches, run_control, train, workdir_lock
     from scenecls.data import builder
 
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    if _DISTRIBUTED.value:  # before anything touches a device
+        parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    if not parallel.is_primary():  # process 0 logs and writes files; the others only warn
+        logging.set_verbosity(logging.WARNING)
     config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
     os.makedirs(workdir, exist_ok=True)
     logging.info("JAX devices: %s", jax.devices())
     lock = contextlib.ExitStack()
     try:
         config_check.validate(config)
-        if mode in ("train", "prepare", "synth"):  # evaluate and infer only read (see workdir_lock)
+        if (
+            mode in ("train", "prepare", "synth") and parallel.is_primary()
+        ):  # evaluate and infer only read (see workdir_lock)
             lock.enter_context(workdir_lock.locked(workdir))
         if mode == "train":
             train.train_and_evaluate(config, workdir)
@@ -72,7 +89,7 @@ def main(argv: list[str]) -> int:
         elif mode == "infer":
             return patches.run_inference(config, workdir)
         elif mode == "prepare":
-            builder.prepare(config.data, workdir)
+            parallel.primary_first(lambda: builder.prepare(config.data, workdir))
         elif mode == "synth":
             if not config.data.synthetic_per_class:
                 raise ValueError("--mode=synth needs --config.data.synthetic_per_class=N (images per class)")

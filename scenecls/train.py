@@ -32,6 +32,7 @@ from scenecls import (
     evaluate,
     feature_cache,
     freeze,
+    parallel,
     plots,
     pretrained,
     run_control,
@@ -298,9 +299,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Returns the test metrics (also written to ``<workdir>/eval/metrics.json``).
     """
     os.makedirs(workdir, exist_ok=True)
-    prepared = builder.prepare(config.data, workdir)
+    mesh = parallel.create_mesh()
+    parallel.check_divisible(config.batch_size, "batch_size", mesh)
+    parallel.check_divisible(config.eval_batch_size, "eval_batch_size", mesh)
+    prepared = parallel.primary_first(lambda: builder.prepare(config.data, workdir))
     classes = prepared.classes
-    checkpoints.write_run_files(workdir, config, classes)
+    if parallel.is_primary():
+        checkpoints.write_run_files(workdir, config, classes)
+    parallel.barrier("run_files")
     num_classes = len(classes)
     mode = mode_for_variant(config.model.variant)
     weights = (
@@ -319,10 +325,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     latest = checkpoints.latest_manager(workdir)
     resume = checkpoints.restore_latest(
-        latest, lambda meta: _state_tree(_abstract_state(config, num_classes, meta["stage"]))
+        latest,
+        lambda meta: parallel.with_sharding(
+            _state_tree(_abstract_state(config, num_classes, meta["stage"])), parallel.replicated(mesh)
+        ),
     )
     history: dict[str, list[dict[str, Any]]] = resume.meta["history"] if resume else {}
-    writer = summaries.SummaryWriter(os.path.join(workdir, "tensorboard"))
+    writer = summaries.SummaryWriter(os.path.join(workdir, "tensorboard")) if parallel.is_primary() else None
     variables = None
     epoch_offset = 0
     with run_control.StopRequests() as stop:
@@ -352,7 +361,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             train_batches, val_batches, model_inputs = _stage_inputs(
                 config, stage, boundary, model, variables, prepared, mode, workdir
             )
-            state = create_train_state(model_inputs.model, variables, labels)
+            state = parallel.replicate(mesh, create_train_state(model_inputs.model, variables, labels))
             progress = StageProgress(epochs_done=0, learning_rate=stage_config.learning_rate)
             position = EpochPosition()
             if resume and resume.meta["stage"] == stage:
@@ -374,6 +383,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     batchnorm_train=stage_config.train_batchnorm,
                 ),
                 donate_argnums=0,
+                out_shardings=parallel.replicated(mesh),
             )
             dropout_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), stage_index)
             best = checkpoints.best_manager(workdir, stage)
@@ -398,7 +408,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 state, train_metrics = _train_epoch(
                     state,
                     step_fn,
-                    train_batches(global_epoch),
+                    map(functools.partial(parallel.shard_batch, mesh), train_batches(global_epoch)),
                     position,
                     learning_rate,
                     dropout_key,
@@ -408,7 +418,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 )
                 eval_variables = {"params": state.params, "batch_stats": state.batch_stats}
                 val = evaluate.predict_split(
-                    model_inputs.model, eval_variables, val_batches(), model_inputs.preprocess_mode
+                    model_inputs.model, eval_variables, val_batches(), model_inputs.preprocess_mode, mesh
                 )
                 record = {
                     "epoch": epoch,
@@ -436,19 +446,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     learning_rate,
                     record["images_per_s"],
                 )
-                writer.scalars(global_epoch, {f"{stage}/{k}": v for k, v in record.items() if k != "epoch"})
+                if writer:
+                    writer.scalars(
+                        global_epoch, {f"{stage}/{k}": v for k, v in record.items() if k != "epoch"}
+                    )
                 position = EpochPosition()
                 guard.save(state, position, epoch + 1)
-                _write_history(workdir, history)
+                if parallel.is_primary():
+                    _write_history(workdir, history)
                 guard.raise_if_stop_requested(f"{stage} epoch {epoch} is saved")
             logging.info("%s", _stage_summary(stage, records, progress))
             feature_cache.remove(_cache_dir(workdir))
             variables = _best_variables(workdir, stage)
             epoch_offset += stage_config.epochs
             resume = None
-    writer.close()
-    _write_history(workdir, history)
-    plots.plot_curves(history, os.path.join(workdir, "curves.png"))
+    if parallel.is_primary():
+        writer.close()
+        _write_history(workdir, history)
+        plots.plot_curves(history, os.path.join(workdir, "curves.png"))
     return evaluate.evaluate(config, workdir)
 
 
@@ -540,12 +555,15 @@ def _stage_inputs(
     workdir: str,
 ) -> tuple[Callable[[int], Iterator], Callable[[], Iterator], _ModelInputs]:
     """A stage's training batches (per epoch), validation batches and model: cached features when exact."""
-    reason = feature_cache.unusable_reason(config, stage, boundary)
+    reason = feature_cache.unusable_reason(config, stage, boundary) or (
+        "a multi-process run" if jax.process_count() > 1 else None
+    )
     if reason:
         logging.info("%s: training on images (no feature cache: %s)", stage, reason)
+        process = (jax.process_index(), jax.process_count())
         return (
-            lambda epoch: pipeline.train_batches(prepared, config, epoch=epoch),
-            lambda: pipeline.eval_batches(prepared, "validation", config),
+            lambda epoch: pipeline.train_batches(prepared, config, epoch, *process),
+            lambda: pipeline.eval_batches(prepared, "validation", config, *process),
             _ModelInputs(model, mode),
         )
     logging.info("%s: frozen backbone and no augmentation, caching its features once", stage)

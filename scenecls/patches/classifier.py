@@ -12,7 +12,14 @@ import numpy as np
 from scenecls import checkpoints
 from scenecls.data.images import load_rgb, resize
 from scenecls.models import Classifier
-from scenecls.patches.engines import Analysis, PatchFn, SharedModel, analyse_exact, model_patch_fn
+from scenecls.patches.engines import (
+    Analysis,
+    PatchFn,
+    SharedModel,
+    analyse_exact,
+    device_multiple,
+    model_patch_fn,
+)
 from scenecls.patches.grid import prepare_image
 from scenecls.patches.summary import summarize
 from scenecls.preprocessing import mode_for_variant
@@ -63,8 +70,12 @@ class PatchClassifier:
         classes: Sequence[str],
         patch_config: ml_collections.ConfigDict,
         whole_image: ImageFn | None = None,
+        chunk_size: int | None = None,
     ) -> "PatchClassifier":
-        """Exact mode with an injected patch function; the whole image defaults to one squeezed patch."""
+        """Exact mode with an injected patch function; the whole image defaults to one squeezed patch.
+
+        Patches go to ``patch_fn`` ``chunk_size`` at a time (default ``patch_config.chunk_size``).
+        """
         if patch_config.mode == "shared":
             raise ValueError("shared mode needs a model (from_model); a patch function supports only 'exact'")
         size = patch_config.size
@@ -73,7 +84,7 @@ class PatchClassifier:
             patch_fn=patch_fn,
             size=size,
             stride=patch_config.stride,
-            chunk_size=patch_config.chunk_size,
+            chunk_size=chunk_size or patch_config.chunk_size,
         )
         whole_image = whole_image or functools.partial(_whole_image_probs, patch_fn, size)
         return cls(classes, patch_config, analyse, whole_image)
@@ -89,14 +100,16 @@ class PatchClassifier:
     ) -> "PatchClassifier":
         """A model trained with ``config`` (its image_size and variant); patches per ``patch_config``.
 
-        ``patch_config`` defaults to ``config.patch``.
+        ``patch_config`` defaults to ``config.patch``. The work of an image is spread over this process's
+        devices: exact mode's chunks (rounded up to a multiple of their count), shared mode's windows.
         """
         patch_config = config.patch if patch_config is None else patch_config
         mode, image_size = mode_for_variant(config.model.variant), config.image_size
         patch_fn = model_patch_fn(model, variables, image_size, mode)
         whole_image = functools.partial(_whole_image_probs, patch_fn, image_size)
         if patch_config.mode != "shared":
-            return cls.from_patch_fn(patch_fn, classes, patch_config, whole_image)
+            chunk_size = device_multiple(patch_config.chunk_size)
+            return cls.from_patch_fn(patch_fn, classes, patch_config, whole_image, chunk_size)
         shared = SharedModel(model, variables, image_size, mode)
         analyse = functools.partial(shared.analyse, size=patch_config.size, stride=patch_config.stride)
         return cls(classes, patch_config, analyse, whole_image)

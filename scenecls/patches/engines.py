@@ -2,8 +2,9 @@
 
 Exact mode crops patches on the host one fixed-size chunk at a time (the last chunk zero-padded), so a
 single compiled function serves every image size and memory stays at one chunk of patches however large
-the photo. Each patch is resized to the model's input size (``config.image_size``) inside that function
-when ``patch.size`` differs, so the model always sees the scale it was trained at.
+the photo; each chunk is split across this process's devices. Each patch is resized to the model's input
+size (``config.image_size``) inside that function when ``patch.size`` differs, so the model always sees the
+scale it was trained at.
 
 Shared mode runs the backbone and the head's convolutions once on the whole image, then the head's average
 pool and dense layer on each patch's window of that map. It is an approximation of exact mode:
@@ -26,7 +27,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from scenecls import parallel
 from scenecls.data.images import resize
 from scenecls.models import Classifier
 from scenecls.models.resnet import FEATURE_STRIDE
@@ -85,23 +89,50 @@ def _classify_patch(
     return jax.nn.softmax(logits.astype(jnp.float32))
 
 
-def model_patch_fn(model: Classifier, variables: Any, image_size: int, preprocess_mode: str) -> PatchFn:
-    """The exact-mode patch function of a model: one jitted function, vmapped over a chunk of patches."""
+def model_patch_fn(
+    model: Classifier, variables: Any, image_size: int, preprocess_mode: str, mesh: Mesh | None = None
+) -> PatchFn:
+    """The exact-mode patch function of a model: one jitted function, vmapped over a chunk of patches.
+
+    Each chunk is split across the devices of ``mesh`` (default: this process's devices; a chunk is padded
+    to a multiple of their count).
+    """
+    mesh = mesh or parallel.create_mesh(jax.local_devices())
     batched = jax.jit(
         jax.vmap(functools.partial(_classify_patch, model, image_size, preprocess_mode), in_axes=(None, 0))
     )
-    return functools.partial(batched, variables)
+    variables = jax.device_put(variables, parallel.replicated(mesh))
+    sharding, devices = parallel.batch_sharded(mesh), mesh.devices.size
+
+    def patch_fn(patches: np.ndarray) -> jax.Array:
+        count = len(patches)
+        padded = np.pad(patches, [(0, -count % devices)] + [(0, 0)] * (patches.ndim - 1))
+        return batched(variables, jax.device_put(padded, sharding))[:count]
+
+    return patch_fn
+
+
+def device_multiple(chunk_size: int) -> int:
+    """``chunk_size`` rounded up to a multiple of this process's device count (no idle device per chunk)."""
+    return -(-chunk_size // jax.local_device_count()) * jax.local_device_count()
 
 
 def _window_probs(
-    model: Classifier, preprocess_mode: str, window: int, variables: Any, image: jnp.ndarray
+    model: Classifier,
+    preprocess_mode: str,
+    window: int,
+    rows: NamedSharding,
+    variables: Any,
+    image: jnp.ndarray,
 ) -> jnp.ndarray:
     """Class probabilities (h - window + 1, w - window + 1, classes) of every window of one uint8 image.
 
     The backbone and the head's convolutions run once over the whole image; only the head's average pool
-    and dense layer are per window (one pooling pass).
+    and dense layer are per window (one pooling pass). The feature map is split by rows over the devices
+    of ``rows``, so the head's windows are spread across them (XLA exchanges the overlapping borders).
     """
     features = model.apply(variables, preprocess(image[None], preprocess_mode), method=Classifier.features)
+    features = jax.lax.with_sharding_constraint(features, rows)
     logits = model.apply(variables, features, window=window, method=Classifier.classify)[0]
     return jax.nn.softmax(logits.astype(jnp.float32))
 
@@ -116,14 +147,20 @@ class SharedModel:
         image_size: int,
         preprocess_mode: str,
         max_pixels: int = SHARED_MAX_PIXELS,
+        mesh: Mesh | None = None,
     ):
         if image_size % FEATURE_STRIDE:
             raise ValueError(
                 f"shared mode needs config.image_size divisible by {FEATURE_STRIDE}, got {image_size}"
             )
-        self.variables, self.image_size, self.max_pixels = variables, image_size, max_pixels
+        mesh = mesh or parallel.create_mesh(jax.local_devices())
+        self.variables = jax.device_put(variables, parallel.replicated(mesh))
+        self.image_size, self.max_pixels = image_size, max_pixels
         self.window = image_size // FEATURE_STRIDE
-        self._window_probs = jax.jit(functools.partial(_window_probs, model, preprocess_mode, self.window))
+        rows = NamedSharding(mesh, P(None, parallel.AXIS))
+        self._window_probs = jax.jit(
+            functools.partial(_window_probs, model, preprocess_mode, self.window, rows)
+        )
 
     def model_scale_size(self, height: int, width: int, patch_size: int) -> tuple[tuple[int, int], list[str]]:
         """Size (multiples of 32 px) the backbone sees so a patch is ``window`` cells, and notes."""

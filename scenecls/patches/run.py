@@ -11,9 +11,11 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import ml_collections
 from absl import logging
 
+from scenecls import parallel
 from scenecls.data.images import ImageError, has_image_extension, is_ignored, load_rgb
 from scenecls.patches.classifier import PatchClassifier
 from scenecls.patches.render import render, title
@@ -123,35 +125,55 @@ def _write_csv(rows: list[dict[str, Any]], classes: Sequence[str], path: str) ->
         writer.writerows(rows)
 
 
+def _predict(classifier: PatchClassifier, path: str) -> dict[str, Any]:
+    """The result of one file, or ``{"error": message}`` when it cannot be read or classified."""
+    start = time.perf_counter()
+    try:
+        result = classifier.predict(path)
+    except (ImageError, ValueError) as e:  # ImageError already reads "path: reason"
+        return {"error": str(e) if isinstance(e, ImageError) else f"{path}: {e}"}
+    result.update(image=path, seconds=time.perf_counter() - start)
+    return result
+
+
 def infer_files(classifier: PatchClassifier, paths: Sequence[str], out_dir: str) -> list[dict[str, Any]]:
     """Writes ``<name>.json`` and ``<name>.png`` per file, prints a line each; returns the summary rows.
 
-    An unreadable image gives one line on stderr naming the file and the reason; the batch continues.
+    In a multi-process run the processes take one file each per round (process p: files p, p + P, ...);
+    each round's results are gathered and only process 0 writes and prints. An unreadable image gives one
+    line on stderr naming the file and the reason; the batch continues.
     """
-    os.makedirs(out_dir, exist_ok=True)
+    if parallel.is_primary():
+        os.makedirs(out_dir, exist_ok=True)
     rows = []
-    for path, name in zip(paths, output_names(paths), strict=True):
-        start = time.perf_counter()
-        try:
-            image = load_rgb(path)
-            result = classifier.predict(image)
-        except (ImageError, ValueError) as e:  # ImageError already reads "path: reason"
-            message = str(e) if isinstance(e, ImageError) else f"{path}: {e}"
-            print(f"FAILED {message}", file=sys.stderr)
-            rows.append(summary_row(None, path, name, error=message))
-            continue
-        result.update(image=path, seconds=time.perf_counter() - start)
-        with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
-            f.write(to_json(result))
-        render(image, result, os.path.join(out_dir, f"{name}.png"))
-        print(
-            f"{path}: {title(result)}; {len(result['patches'])} patches in {result['seconds']:.2f}s "
-            f"-> {os.path.join(out_dir, name)}.json/.png"
-        )
-        for note in result["notes"]:
-            print(f"  note: {note}")
-        rows.append(summary_row(result, path, name))
+    names = output_names(paths)
+    for first in range(0, len(paths), jax.process_count()):
+        group = paths[first : first + jax.process_count()]
+        mine = [_predict(classifier, path) for path in group[jax.process_index() :][:1]]
+        results = parallel.gather_json(mine, len(group))
+        for path, name, result in zip(group, names[first : first + len(group)], results, strict=True):
+            if "error" in result:
+                rows.append(summary_row(None, path, name, error=result["error"]))
+                if parallel.is_primary():
+                    print(f"FAILED {result['error']}", file=sys.stderr)
+                continue
+            rows.append(summary_row(result, path, name))
+            if parallel.is_primary():
+                _write_result(result, os.path.join(out_dir, name))
     return rows
+
+
+def _write_result(result: dict[str, Any], out_path: str) -> None:
+    """``<out_path>.json`` and ``.png`` of one image's result, and its line on stdout."""
+    with open(f"{out_path}.json", "w") as f:
+        f.write(to_json(result))
+    render(load_rgb(result["image"]), result, f"{out_path}.png")
+    print(
+        f"{result['image']}: {title(result)}; {len(result['patches'])} patches in {result['seconds']:.2f}s "
+        f"-> {out_path}.json/.png"
+    )
+    for note in result["notes"]:
+        print(f"  note: {note}")
 
 
 def run_inference(config: ml_collections.ConfigDict, workdir: str) -> int:
@@ -164,17 +186,18 @@ def run_inference(config: ml_collections.ConfigDict, workdir: str) -> int:
     paths, errors = expand_inputs(config.infer.inputs, exclude=out_dir)
     if not paths and not errors:
         raise ValueError("no inputs: set --config.infer.inputs=FILES,FOLDERS,GLOBS")
-    for error in errors:
-        print(f"FAILED {error}", file=sys.stderr)
+    if parallel.is_primary():
+        for error in errors:
+            print(f"FAILED {error}", file=sys.stderr)
     if not paths:
         return 1
     classifier = PatchClassifier.from_workdir(workdir, config.patch)
     logging.info("Patch inference (%s mode) on %d images -> %s", config.patch.mode, len(paths), out_dir)
     rows = infer_files(classifier, paths, out_dir)
-    if len(paths) > 1:
+    if len(paths) > 1 and parallel.is_primary():
         _write_csv(rows, classifier.classes, os.path.join(out_dir, "summary.csv"))
         print(f"Summary of {len(paths)} images: {os.path.join(out_dir, 'summary.csv')}")
     failed = len(errors) + sum(1 for row in rows if row["error"])
-    if failed:
+    if failed and parallel.is_primary():
         print(f"{failed} input(s) failed", file=sys.stderr)
     return 1 if failed else 0
