@@ -1,7 +1,7 @@
 """Kill -9 fault injection: SIGKILL tiny training runs at random points, resume, compare with a clean run.
 
 Each trial trains configs/tiny.py through the CLI, SIGKILLs it at seeded random moments (after a random
-delay, or the moment orbax's temporary checkpoint directory appears, i.e. during a checkpoint write), reruns
+delay, or the moment orbax's temporary directory of the n-th checkpoint write appears), reruns
 the same command until it completes, and compares history.json, eval/metrics.json and the final best
 parameters with an uninterrupted run. Prints a table of faults, runs and outcomes.
 Usage: ``python experiments/fault_injection.py [--trials 5] [--kills 3] [--seed 0]``.
@@ -29,10 +29,10 @@ _TIMING_KEYS = ("images_per_s",)
 
 
 class Fault(NamedTuple):
-    """A SIGKILL ``delay`` seconds after start ("time"), or at the first checkpoint write after it."""
+    """A SIGKILL ``at`` seconds after start ("time"), or during the ``at``-th checkpoint write of the run."""
 
     kind: str  # "time" | "checkpoint_write"
-    delay: float
+    at: float
 
 
 def train_command(workdir: str) -> list[str]:
@@ -48,22 +48,25 @@ def train_command(workdir: str) -> list[str]:
     ]
 
 
-def _writing_checkpoint(workdir: str) -> bool:
-    """Whether orbax is writing a checkpoint (a temporary step directory exists)."""
+def _checkpoints_being_written(workdir: str) -> set[str]:
+    """The temporary step directories orbax is writing now (``best_stage1/3.orbax-checkpoint-tmp``)."""
     root = os.path.join(workdir, "checkpoints")
     try:
-        return any(
-            TMP_MARKER in name for sub in os.listdir(root) for name in os.listdir(os.path.join(root, sub))
-        )
+        return {
+            f"{sub}/{name}"
+            for sub in os.listdir(root)
+            for name in os.listdir(os.path.join(root, sub))
+            if TMP_MARKER in name
+        }
     except OSError:  # not created yet, or a directory vanished while listing
-        return False
+        return set()
 
 
 def run_once(workdir: str, fault: Fault | None, env: dict[str, str], timeout: float = 600) -> str:
-    """Runs the training command once, injecting ``fault``; returns "completed", "killed" or "failed ..."."""
+    """Runs the training command once with ``fault``; returns "completed", "killed ..." or "failed ..."."""
     log = open(workdir + ".log", "a")
     process = subprocess.Popen(train_command(workdir), cwd=REPO, env=env, stdout=log, stderr=log)
-    start = time.monotonic()
+    start, writes = time.monotonic(), set()
     try:
         while process.poll() is None:
             elapsed = time.monotonic() - start
@@ -71,10 +74,12 @@ def run_once(workdir: str, fault: Fault | None, env: dict[str, str], timeout: fl
                 process.kill()
                 process.wait()
                 return "hung (timeout)"
-            if fault and elapsed >= fault.delay and (fault.kind == "time" or _writing_checkpoint(workdir)):
+            current = _checkpoints_being_written(workdir) if fault else set()
+            writes |= current
+            if fault and (elapsed >= fault.at if fault.kind == "time" else len(writes) >= fault.at):
                 process.send_signal(signal.SIGKILL)
                 process.wait()
-                return "killed"
+                return f"killed writing {min(current)}" if current else "killed"
             time.sleep(0.002)
     finally:
         log.close()
@@ -134,9 +139,12 @@ def subprocess_env(cache_home: str) -> dict[str, str]:
 
 
 def random_faults(rng: random.Random, kills: int, max_delay: float) -> list[Fault]:
-    """``kills`` faults, about half during a checkpoint write, at random delays up to ``max_delay`` s."""
-    kinds = ["checkpoint_write", "time"] * math.ceil(kills / 2)
-    return [Fault(kind, round(rng.uniform(0, max_delay), 2)) for kind in rng.sample(kinds, kills)]
+    """``kills`` faults: half at random times up to ``max_delay`` s, half in one of the first 8 writes."""
+    kinds = rng.sample(["checkpoint_write", "time"] * math.ceil(kills / 2), kills)
+    return [
+        Fault(kind, round(rng.uniform(0, max_delay), 2) if kind == "time" else rng.randint(1, 8))
+        for kind in kinds
+    ]
 
 
 def main() -> None:
@@ -144,7 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--kills", type=int, default=3, help="SIGKILLs per trial")
-    parser.add_argument("--max-delay", type=float, default=30.0, help="latest kill, seconds after start")
+    parser.add_argument("--max-delay", type=float, default=40.0, help="latest timed kill, s after start")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -160,15 +168,15 @@ def main() -> None:
         outcomes = run_with_faults(workdir, faults, env)
         problems = differences(reference, workdir) if outcomes[-1] == "completed" else ["did not complete"]
         for fault, outcome in zip(faults, outcomes, strict=False):
-            counts[(fault.kind, outcome)] += 1
+            counts[(fault.kind, outcome.split("/")[0])] += 1  # "killed writing best_stage1", "completed", ...
         verdict = "identical to reference" if not problems else "; ".join(problems[:3])
-        rows.append((trial, " ".join(f"{f.kind}@{f.delay}s" for f in faults), " -> ".join(outcomes), verdict))
+        rows.append((trial, " ".join(f"{f.kind}@{f.at}" for f in faults), " -> ".join(outcomes), verdict))
     print(f"\n{'trial':>5}  {'faults':<60}  {'runs':<50}  result")
     for trial, faults_text, outcomes_text, verdict in rows:
         print(f"{trial:>5}  {faults_text:<60}  {outcomes_text:<50}  {verdict}")
     print("\nFaults injected (kind, outcome of that attempt): count")
     for (kind, outcome), n in sorted(counts.items()):
-        print(f"  {kind:<17} {outcome:<20} {n}")
+        print(f"  {kind:<17} {outcome:<28} {n}")
     same = sum(row[3] == "identical to reference" for row in rows)
     print(f"\n{same}/{len(rows)} interrupted trials ended identical to the uninterrupted run.")
 
