@@ -1,7 +1,8 @@
 """scenecls versus the reference's Keras implementation, side by side on this machine, in one command.
 
 ``python experiments/benchmark.py [--quick]`` prepares a small synthetic scene set and a 1344x896
-composite, then runs each measurement in its own process (so peak memory is per framework):
+composite (smaller with --quick, which lists what it reduced), then runs each measurement in its own
+process (so peak memory is per framework):
 
 - scenecls ``speed``: time to first stage-1 step with an empty (cold) persistent JAX compilation cache,
   stage-1 and stage-2 train steps on an in-memory batch, stage 1 fed by its real tf.data pipeline with the
@@ -13,7 +14,8 @@ composite, then runs each measurement in its own process (so peak memory is per 
 
 Every rate excludes warm-up (compilation/tracing) and ends with ``block_until_ready`` (Keras returns
 numpy arrays, so its calls end when the work does). It prints a table and writes ``docs/benchmarks.md``.
-Needs the ``bench`` extra (``pip install -e ".[bench]"``: tf-keras).
+Needs the ``bench`` extra (``pip install -e ".[bench]"``: tf-keras). ``--workdir DIR`` keeps the inputs,
+each job's log (the end-to-end log has timestamped training lines) and its JSON result.
 """
 
 import argparse
@@ -271,7 +273,8 @@ def scenecls_fit(plan: dict) -> dict:
     config.early_stopping.patience = plan["epochs"] + 1  # run every epoch, as Keras' fit does
     workdir = os.path.join(plan["workdir"], "scenecls_fit")
     shutil.rmtree(workdir, ignore_errors=True)  # a fresh run, not a resumed one
-    logging.set_verbosity(logging.INFO)  # the job's log shows where the time goes
+    logging.use_absl_handler()  # timestamped INFO lines: the job's log shows where the time goes
+    logging.set_verbosity(logging.INFO)
     start = time.perf_counter()
     train.train_and_evaluate(config, workdir)
     seconds = time.perf_counter() - start
@@ -280,6 +283,13 @@ def scenecls_fit(plan: dict) -> dict:
     return {"stage1_fit_s": seconds, "epochs_run": epochs_run}
 
 
+JOB_LABELS = {
+    "ours": "scenecls speed",
+    "warm": "scenecls warm first step",
+    "peer": "Keras speed",
+    "ours_fit": "scenecls end to end",
+    "peer_fit": "Keras end to end",
+}
 JOBS = {"speed": scenecls_speed, "first_step": scenecls_first_step, "fit": scenecls_fit}
 
 
@@ -327,6 +337,11 @@ def _prepare_inputs(plan: dict) -> None:
     plan["counts"] = {split: int(sum(c)) for split, c in prepared.counts.items()}
 
 
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _run_job(script: str, job: str, plan_path: str, tmp: str) -> dict:
     """Runs one measurement process; its JSON result, or {"error": why} with the end of its log."""
     result_path, log_path = (
@@ -334,20 +349,29 @@ def _run_job(script: str, job: str, plan_path: str, tmp: str) -> dict:
     )
     command = [sys.executable, script, "--job", job, "--plan", plan_path, "--result", result_path]
     print(f"  running {os.path.basename(script)} --job {job} ...", flush=True)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _children_cpu_seconds()
     with open(log_path, "w") as log:
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu"}
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO).returncode
-    print(f"    done in {time.perf_counter() - start:.0f} s (exit {code})", flush=True)
+    # CPU seconds near cores x wall means the job had the machine; much less means other load slowed it.
+    job = {
+        "wall_s": time.perf_counter() - start,
+        "cpu_s": _children_cpu_seconds() - cpu_start,
+        "load_average": os.getloadavg()[0],
+    }
+    print(
+        f"    done in {job['wall_s']:.0f} s, {job['cpu_s']:.0f} CPU s, load average "
+        f"{job['load_average']:.1f} (exit {code})",
+        flush=True,
+    )
     if code or not os.path.exists(result_path):
         with open(log_path) as f:
             tail = f.read()[-2000:]
         print(f"    FAILED, end of its log:\n{tail}", flush=True)
-        return {
-            "error": f"exit status {code}: {tail.strip().splitlines()[-1] if tail.strip() else 'no output'}"
-        }
+        last_line = tail.strip().splitlines()[-1] if tail.strip() else "no output"
+        return {"error": f"exit status {code}: {last_line}", "job": job}
     with open(result_path) as f:
-        return json.load(f)
+        return {**json.load(f), "job": job}
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -502,13 +526,19 @@ def _report(
         full = PLANS["full"]
         changes = ", ".join(f"{key} {plan[key]} instead of {full[key]}" for key in full)
         reduced = f"QUICK RUN, reduced workload ({changes}): noisier, and not the 15-epoch end-to-end target."
-    errors = [f"- {name}: {r['error']}" for name, r in results.items() if "error" in r]
+    errors = [f"- {JOB_LABELS[key]}: {r['error']}" for key, r in results.items() if "error" in r]
+    jobs = "; ".join(
+        f"{name} {job['wall_s']:.0f} s wall, {job['cpu_s']:.0f} CPU s, load {job['load_average']:.1f}"
+        for name, job in ((JOB_LABELS[key], r["job"]) for key, r in results.items())
+    )
     lines = [
         "# Benchmarks: scenecls vs the reference's Keras implementation",
         "",
         f"Written by `{command}` on {started:%Y-%m-%d %H:%M %Z} (took {seconds / 60:.1f} min). {reduced}",
         "",
-        f"- Machine: {_machine()}; load average at the end {os.getloadavg()[0]:.2f}.",
+        f"- Machine: {_machine()}.",
+        f"- Jobs (CPU s well below {os.cpu_count()} x wall, or load above {os.cpu_count()}, means other "
+        f"processes shared the cores): {jobs}.",
         f"- Versions: Python {platform.python_version()}, jax {jax.__version__}, "
         f"tensorflow {peer_versions.get('tensorflow', '?')}, tf_keras {peer_versions.get('tf_keras', '?')}.",
         f"- Model: ResNet-50 (Keras variant, random weights) + Inception head, 224 px, batch "
