@@ -60,7 +60,9 @@ def train_batches(
     """One epoch of augmented training batches ``{"image": uint8 (B, S, S, 3), "label": int32 (B,)}``.
 
     ``B = config.batch_size // process_count``: all processes shuffle identically, keep the same number of
-    whole global batches, and each takes every ``process_count``-th example (disjoint shards).
+    whole global batches, and process p takes rows [p * B, (p + 1) * B) of each (disjoint shards). Those
+    rows get the augmentation they get in a single-process run (parameters are drawn for the whole global
+    batch), so the processes' batches put together are the single-process batch, whatever the count.
     """
     if config.batch_size % process_count:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by {process_count} processes")
@@ -70,15 +72,20 @@ def train_batches(
     def decode(example):
         return {"image": _decode_resize(example["image"], size), "label": tf.cast(example["label"], tf.int32)}
 
+    local_batch = config.batch_size // process_count
+
     def augment(index, batch):
-        seed = tf.stack([tf.constant(augment_seed, tf.int64), index * process_count + process_index])
-        return {"image": _augment(batch["image"], config.augment, seed), "label": batch["label"]}
+        seed = tf.stack([tf.constant(augment_seed, tf.int64), index])
+        images = _augment(
+            batch["image"], config.augment, seed, process_index * local_batch, config.batch_size
+        )
+        return {"image": images, "label": batch["label"]}
 
     ds = _epoch_selection(
         _read(prepared, "train"), prepared, config, shuffle_seed, process_index, process_count
     )
     ds = ds.map(decode, num_parallel_calls=_AUTOTUNE)
-    ds = ds.batch(config.batch_size // process_count, drop_remainder=True).enumerate()
+    ds = ds.batch(local_batch, drop_remainder=True).enumerate()
     return ds.map(augment, num_parallel_calls=_AUTOTUNE).prefetch(_AUTOTUNE).as_numpy_iterator()
 
 
@@ -109,9 +116,12 @@ def _epoch_selection(
     process_index: int,
     process_count: int,
 ) -> tf.data.Dataset:
-    """An epoch's shuffled whole batches of the training split, this process's shard of them."""
+    """An epoch's shuffled whole batches of the training split, this process's rows of each of them."""
     ds = ds.shuffle(config.data.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-    return ds.take(steps_per_epoch(prepared, config) * config.batch_size).shard(process_count, process_index)
+    ds = ds.take(steps_per_epoch(prepared, config) * config.batch_size)
+    if process_count == 1:
+        return ds
+    return ds.batch(config.batch_size // process_count).shard(process_count, process_index).unbatch()
 
 
 def eval_batches(
@@ -207,15 +217,30 @@ def affine_transforms(
     return tf.stack([a00, a01, a02, a10, a11, a12, zeros, zeros], axis=1)
 
 
-def _augment(images: tf.Tensor, augment: ml_collections.ConfigDict, seed: tf.Tensor) -> tf.Tensor:
-    """Random Keras-style affine transform and horizontal flip of a float batch; returns uint8."""
+def _augment(
+    images: tf.Tensor,
+    augment: ml_collections.ConfigDict,
+    seed: tf.Tensor,
+    offset: int = 0,
+    global_batch: int | None = None,
+) -> tf.Tensor:
+    """Random Keras-style affine transform and horizontal flip of a float batch; returns uint8.
+
+    The parameters are drawn for a batch of ``global_batch`` (default: this one) and rows
+    ``[offset, offset + len(images))`` of them used: a process's slice of a global batch.
+    """
     batch = tf.shape(images)[0]
+    total = global_batch or batch
+
+    def draw(key, low=0.0, high=1.0):
+        return tf.random.stateless_uniform([total], key, low, high)[offset : offset + batch]
+
     height, width = images.shape[1], images.shape[2]
     seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 6))
     if augment.rotation_degrees or augment.width_shift or augment.height_shift or augment.zoom:
 
         def uniform(key, limit, center=0.0):
-            return tf.random.stateless_uniform([batch], key, center - limit, center + limit)
+            return draw(key, center - limit, center + limit)
 
         # Keras 2.x draws the horizontal shift from height_shift_range (its x/y swap); for square images
         # and equal ranges, as in the paper, the two are the same distribution. Here each shifts its axis.
@@ -237,6 +262,6 @@ def _augment(images: tf.Tensor, augment: ml_collections.ConfigDict, seed: tf.Ten
             fill_mode="NEAREST",
         )
     if augment.horizontal_flip:
-        flip = tf.random.stateless_uniform([batch], seeds[5]) < 0.5
+        flip = draw(seeds[5]) < 0.5
         images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
     return tf.cast(tf.round(tf.clip_by_value(images, 0.0, 255.0)), tf.uint8)

@@ -101,7 +101,7 @@ def model_patch_fn(
     batched = jax.jit(
         jax.vmap(functools.partial(_classify_patch, model, image_size, preprocess_mode), in_axes=(None, 0))
     )
-    variables = jax.device_put(variables, parallel.replicated(mesh))
+    variables = parallel.replicate(mesh, variables)
     sharding, devices = parallel.batch_sharded(mesh), mesh.devices.size
 
     def patch_fn(patches: np.ndarray) -> jax.Array:
@@ -154,7 +154,7 @@ class SharedModel:
                 f"shared mode needs config.image_size divisible by {FEATURE_STRIDE}, got {image_size}"
             )
         mesh = mesh or parallel.create_mesh(jax.local_devices())
-        self.variables = jax.device_put(variables, parallel.replicated(mesh))
+        self.variables = parallel.replicate(mesh, variables)
         self.image_size, self.max_pixels = image_size, max_pixels
         self.window = image_size // FEATURE_STRIDE
         rows = NamedSharding(mesh, P(None, parallel.AXIS))
