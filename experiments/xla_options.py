@@ -1,20 +1,28 @@
 """Which XLA:CPU options and compute dtypes speed up scenecls' forward pass and train steps on this machine.
 
-Runs ``experiments/bench_train.py`` (forward, stage-1 and stage-2 steps of the full model) once per
-variant, each in a fresh process with its own ``XLA_FLAGS``, repeating the round ``--rounds`` times in
-interleaved order so machine noise hits every variant alike, and prints the best images/s of each.
-Usage: ``python experiments/xla_options.py [--rounds 2] [--steps 3]``.
+Measures evaluation (forward), stage-1 and stage-2 train steps of the full model (ResNet-50 + Inception
+head, 224 px, batch 32, random weights and images) once per variant, each in a fresh process with its own
+``XLA_FLAGS``, repeating the round ``--rounds`` times in alternating order so machine noise hits every
+variant alike, and prints the best images/s of each. Usage: ``python experiments/xla_options.py
+[--rounds 2] [--steps 3]``.
 """
 
 import argparse
+import json
 import os
-import re
 import subprocess
 import sys
+import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from benchmark import _run_steps, _stage_step
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from scenecls import evaluate, train
+from scenecls.config import default_config
+from scenecls.models import build_classifier
+
 # (name, XLA_FLAGS, config.model.dtype)
 VARIANTS = (
     ("default", "", "float32"),
@@ -32,24 +40,64 @@ VARIANTS = (
 PASSES = ("forward", "stage1", "stage2")
 
 
-def measure(flags: str, dtype: str, steps: int) -> dict[str, float]:
-    """images/s of each pass from one bench_train.py process (NaN where it failed)."""
-    env = {**os.environ, "XLA_FLAGS": flags}
-    command = [sys.executable, os.path.join(HERE, "bench_train.py"), "--steps", str(steps), "--dtype", dtype]
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
-    rates = {name: float("nan") for name in PASSES}
-    for name, rate in re.findall(r"^\s+(\w+)\s+([\d.]+) images/s", result.stdout, re.MULTILINE):
-        rates[name] = float(rate)
-    if result.returncode:
-        print(f"  ({flags or dtype}: failed: {result.stderr.strip().splitlines()[-1:]})", file=sys.stderr)
+def child(dtype: str, steps: int) -> dict[str, float]:
+    """images/s of each pass in this process (its XLA_FLAGS were set by the parent)."""
+    config = default_config()
+    config.model.dtype = dtype
+    num_classes, size, batch_size = 5, config.image_size, config.batch_size
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
+        "label": rng.integers(0, num_classes, (batch_size,)).astype(np.int32),
+        "mask": np.ones((batch_size,), bool),
+        "file": np.array([""] * batch_size),
+    }
+    variables = train.initial_variables(config, num_classes)
+    model = build_classifier(config.model, num_classes)
+    evaluate.predict_split(model, variables, [batch], "caffe")  # warm-up
+    rates = {
+        "forward": batch_size
+        * steps
+        / _seconds(evaluate.predict_split, model, variables, [batch] * steps, "caffe")
+    }
+    for stage in ("stage1", "stage2"):
+        state, step = _stage_step(config, variables, stage, num_classes)
+        train_batch = {"image": batch["image"], "label": batch["label"]}
+        state, _, _ = _run_steps(state, step, [train_batch], jnp.ones((num_classes,)))  # warm-up
+        _, images, seconds = _run_steps(state, step, [train_batch] * steps, jnp.ones((num_classes,)))
+        rates[stage] = images / seconds
+        del state
+    jax.clear_caches()
     return rates
+
+
+def _seconds(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def measure(flags: str, dtype: str, steps: int) -> dict[str, float]:
+    """images/s of each pass from a fresh process with ``XLA_FLAGS=flags`` (NaN where it failed)."""
+    env = {**os.environ, "XLA_FLAGS": flags}
+    command = [sys.executable, __file__, "--child", dtype, "--steps", str(steps)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    lines = result.stdout.strip().splitlines()
+    if result.returncode or not lines:
+        print(f"  ({flags or dtype}: failed: {result.stderr.strip().splitlines()[-1:]})", file=sys.stderr)
+        return {name: float("nan") for name in PASSES}
+    return json.loads(lines[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--child", help="internal: measure in this process with this compute dtype")
     args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.steps)))
+        return
     best = {name: dict.fromkeys(PASSES, float("nan")) for name, _, _ in VARIANTS}
     for round_index in range(args.rounds):
         order = VARIANTS if round_index % 2 == 0 else VARIANTS[::-1]
