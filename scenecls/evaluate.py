@@ -107,7 +107,7 @@ def evaluation_data(
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Evaluates the best checkpoint of ``workdir``; writes and returns the metrics."""
     trained = checkpoints.load_for_inference(workdir)
-    prepared, split = evaluation_data(config, workdir, trained)
+    prepared, split = parallel.primary_first(lambda: evaluation_data(config, workdir, trained))
     if tuple(prepared.classes) != tuple(trained.classes):
         raise checkpoints.WorkdirError(
             f"evaluation data classes {list(prepared.classes)} differ from the "
