@@ -63,12 +63,12 @@ PLANS = {
         "patch_image_hw": [896, 1344],
     },
     "quick": {
-        "per_class": 16,
+        "per_class": 12,
         "steps": 2,
         "eval_images": 64,
-        "loop_patches": 6,
+        "loop_patches": 4,
         "patch_repeats": 1,
-        "epochs": 3,
+        "epochs": 2,
         "patch_image_hw": [448, 672],
     },
 }
