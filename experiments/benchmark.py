@@ -116,9 +116,7 @@ def _record(results: dict, key: str, value: Any) -> None:
 
 def _stage_step(config: ml_collections.ConfigDict, variables: dict, stage: str, num_classes: int):
     """(state, jitted step) of a stage, built as ``train.train_and_evaluate`` builds them."""
-    labels = freeze.param_labels(
-        variables["params"], variables["batch_stats"], config[stage].trainable, config[stage].train_batchnorm
-    )
+    labels = train.stage_labels(variables, config[stage])
     boundary = freeze.gradient_boundary(labels, block_names(config.model.stage_sizes))
     model = build_classifier(config.model, num_classes, gradient_boundary=boundary)
     step = jax.jit(

@@ -192,11 +192,25 @@ def update_progress(
     return improved
 
 
+def stage_labels(variables: dict[str, Any], stage_config: ml_collections.ConfigDict) -> Any:
+    """TRAINABLE/FROZEN per parameter for a stage (its ``trainable`` rules and ``train_batchnorm``)."""
+    return freeze.param_labels(
+        variables["params"],
+        variables["batch_stats"],
+        stage_config.trainable,
+        stage_config.train_batchnorm,
+    )
+
+
+def _init_variables(model: nn.Module, image_size: int, key: jax.Array) -> dict[str, Any]:
+    """Fresh variables of ``model`` for ``image_size`` inputs."""
+    return model.init(key, jnp.zeros((1, image_size, image_size, 3), jnp.float32))
+
+
 def initial_variables(config: ml_collections.ConfigDict, num_classes: int) -> dict[str, Any]:
     """Initialised classifier variables, with the pretrained backbone merged in when configured."""
     model = build_classifier(config.model, num_classes)
-    size = config.image_size
-    variables = jax.jit(lambda key: model.init(key, jnp.zeros((1, size, size, 3), jnp.float32)))(
+    variables = jax.jit(functools.partial(_init_variables, model, config.image_size))(
         jax.random.PRNGKey(config.seed)
     )
     variables = jax.device_get(dict(variables))
@@ -348,12 +362,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     if stage_index > 0 and resume
                     else initial_variables(config, num_classes)
                 )
-            labels = freeze.param_labels(
-                variables["params"],
-                variables["batch_stats"],
-                stage_config.trainable,
-                stage_config.train_batchnorm,
-            )
+            labels = stage_labels(variables, stage_config)
             freeze.log_trainable(stage, labels, variables["params"])
             boundary = freeze.gradient_boundary(labels, block_names(config.model.stage_sizes))
             logging.info("%s: gradients stop at %s", stage, boundary or "nothing (full backprop)")
@@ -591,17 +600,10 @@ def _state_tree(state: TrainState) -> dict[str, Any]:
 def _abstract_state(config: ml_collections.ConfigDict, num_classes: int, stage: str) -> TrainState:
     """Shapes and dtypes of a stage's TrainState (no computation): the target a checkpoint restores into."""
     model = build_classifier(config.model, num_classes)
-    size = config.image_size
 
     def create() -> TrainState:
-        variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3), jnp.float32))
-        labels = freeze.param_labels(
-            variables["params"],
-            variables["batch_stats"],
-            config[stage].trainable,
-            config[stage].train_batchnorm,
-        )
-        return create_train_state(model, variables, labels)
+        variables = _init_variables(model, config.image_size, jax.random.PRNGKey(0))
+        return create_train_state(model, variables, stage_labels(variables, config[stage]))
 
     return jax.eval_shape(create)
 
