@@ -1,6 +1,6 @@
 """Baseline (paper's Version 2): ResNet-50 -> global average pooling -> dense."""
 
-from scenecls.config import default_config
+from scenecls.config import default_config, last_30_layers
 
 
 def get_config():
@@ -9,4 +9,5 @@ def get_config():
     config.model.head = "gap"
     config.model.dropout_rate = 0.0
     config.stage2.epochs = 5
+    config.stage2.trainable = last_30_layers("gap")
     return config

@@ -7,6 +7,30 @@ any working directory.
 
 import ml_collections
 
+# The paper's stage 2 trains Keras' "last 30 layers" of the model, counted from its end; as trainable rules
+# for each head (BatchNorm layers among them stay frozen unless a stage sets train_batchnorm):
+# - inception: the head's 7 layers (3 convs, concatenate, pooling, dropout, dense), conv5_block2 and
+#   conv5_block3 (10 layers each) and conv5_block1's last 3 (3_bn, add, out: no weighted layer);
+# - gap: the head's 2 layers (pooling, dense), conv5_block2/3 and conv5_block1's last 8 (2_bn, 2_relu,
+#   0_conv, 3_conv, 0_bn, 3_bn, add, out), so also conv5_block1's 0_conv and 3_conv.
+# tests/test_freeze.py checks both against tf_keras' ResNet50 layer list.
+_LAST_30_LAYERS = {
+    "inception": ("^head/", "^backbone/conv5_block2_", "^backbone/conv5_block3_"),
+    "gap": (
+        "^head/",
+        "^backbone/conv5_block1_[03]_conv/",
+        "^backbone/conv5_block2_",
+        "^backbone/conv5_block3_",
+    ),
+}
+
+
+def last_30_layers(head: str) -> tuple[str, ...]:
+    """Trainable rules for Keras' last 30 layers of ResNet-50 plus ``head`` ("inception" or "gap")."""
+    if head not in _LAST_30_LAYERS:
+        raise ValueError(f"unknown head {head!r}; expected one of {sorted(_LAST_30_LAYERS)}")
+    return _LAST_30_LAYERS[head]
+
 
 def default_config() -> ml_collections.ConfigDict:
     """Returns the default training configuration."""
@@ -59,13 +83,8 @@ def default_config() -> ml_collections.ConfigDict:
     # over parameter paths (e.g. "backbone/conv5_block3_2_conv/kernel");
     # everything else is frozen. BatchNorm stays frozen unless train_batchnorm.
     config.stage1 = _stage(epochs=15, learning_rate=1e-5, trainable=("^head/",))
-    # Keras' last 30 layers: the head plus conv5_block2, conv5_block3 (and
-    # conv5_block1_3_bn, which stays frozen like every BatchNorm).
-    config.stage2 = _stage(
-        epochs=10,
-        learning_rate=1e-5,
-        trainable=("^head/", "^backbone/conv5_block2_", "^backbone/conv5_block3_"),
-    )
+    # Keras' last 30 layers (see last_30_layers; a config that changes model.head sets its own tail).
+    config.stage2 = _stage(epochs=10, learning_rate=1e-5, trainable=last_30_layers(config.model.head))
 
     config.early_stopping = ml_collections.ConfigDict()
     config.early_stopping.metric = "val_loss"  # val_loss | val_accuracy
