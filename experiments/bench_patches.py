@@ -53,10 +53,12 @@ def train_small_model(steps: int, batch_size: int = 16, seed: int = 0):
     model = build_classifier(config.model, len(CLASSES))
     variables = jax.jit(model.init)(jax.random.PRNGKey(seed), jnp.zeros((1, 224, 224, 3)))
     labels = freeze.param_labels(variables["params"], variables["batch_stats"], (".*",), train_batchnorm=True)
-    state = train.create_train_state(model, variables, labels)
+    every_batchnorm = freeze.trainable_batchnorm(labels, variables["batch_stats"])
+    training_model = build_classifier(config.model, len(CLASSES), trainable_batchnorm=every_batchnorm)
+    state = train.create_train_state(training_model, variables, labels)
     step = jax.jit(
         lambda s, b, k: train.train_step(
-            s, b, jnp.float32(2e-3), k, jnp.ones(len(CLASSES)), preprocess_mode="torch", batchnorm_train=True
+            s, b, jnp.float32(2e-3), k, jnp.ones(len(CLASSES)), preprocess_mode="torch"
         )
     )
     pool, pool_labels = _scene_pool(max(64, steps * batch_size // 8), 288, seed)

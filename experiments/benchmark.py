@@ -118,13 +118,14 @@ def _stage_step(config: ml_collections.ConfigDict, variables: dict, stage: str, 
     """(state, jitted step) of a stage, built as ``train.train_and_evaluate`` builds them."""
     labels = train.stage_labels(variables, config[stage])
     boundary = freeze.gradient_boundary(labels, block_names(config.model.stage_sizes))
-    model = build_classifier(config.model, num_classes, gradient_boundary=boundary)
+    model = build_classifier(
+        config.model,
+        num_classes,
+        gradient_boundary=boundary,
+        trainable_batchnorm=freeze.trainable_batchnorm(labels, variables["batch_stats"]),
+    )
     step = jax.jit(
-        functools.partial(
-            train.train_step,
-            preprocess_mode=mode_for_variant(config.model.variant),
-            batchnorm_train=config[stage].train_batchnorm,
-        ),
+        functools.partial(train.train_step, preprocess_mode=mode_for_variant(config.model.variant)),
         donate_argnums=0,
     )
     return train.create_train_state(model, variables, labels), step

@@ -62,6 +62,27 @@ def trainable_names(labels: Any) -> list[str]:
     return [path_name(path) for path, label in flat.items() if label == TRAINABLE]
 
 
+def trainable_batchnorm(labels: Any, batch_stats: Mapping[str, Any]) -> tuple[str, ...]:
+    """Backbone BatchNorm layers with a trainable parameter, sorted.
+
+    These normalise with batch statistics and update their running averages in a training step; every other
+    BatchNorm runs in inference mode, as Keras runs the BatchNorm of a frozen layer.
+    """
+    flat = flax.traverse_util.flatten_dict(labels)
+    batchnorm_modules = {
+        path[:-1] for path in flax.traverse_util.flatten_dict(flax.core.unfreeze(batch_stats))
+    }
+    return tuple(
+        sorted(
+            {
+                path[1]
+                for path, label in flat.items()
+                if path[0] == "backbone" and path[:-1] in batchnorm_modules and label == TRAINABLE
+            }
+        )
+    )
+
+
 def gradient_boundary(labels: Any, block_names: Sequence[str]) -> str | None:
     """Where backprop may stop in the backbone: the first block with a trainable parameter.
 

@@ -108,12 +108,13 @@ def train_step(
     class_weights: jnp.ndarray,
     *,
     preprocess_mode: str,
-    batchnorm_train: bool,
 ) -> tuple[TrainState, dict[str, jnp.ndarray]]:
     """One optimisation step; returns the new state and summed batch metrics.
 
-    A step whose loss or updated parameters are not finite leaves parameters, optimizer and BatchNorm
-    state unchanged and reports ``finite=False`` (the caller decides whether to stop).
+    Only the BatchNorm layers the model was built to train (``trainable_batchnorm``) change their
+    statistics; the others normalise with their running averages. A step whose loss or updated parameters
+    are not finite leaves parameters, optimizer and BatchNorm state unchanged and reports ``finite=False``
+    (the caller decides whether to stop).
     """
     images = preprocess(batch["image"], preprocess_mode)
     labels = batch["label"]
@@ -121,17 +122,10 @@ def train_step(
 
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
-        if batchnorm_train:
-            logits, updates = state.apply_fn(
-                variables, images, train=True, rngs={"dropout": key}, mutable=["batch_stats"]
-            )
-            batch_stats = updates["batch_stats"]
-        else:
-            logits = state.apply_fn(
-                variables, images, train=True, batchnorm_train=False, rngs={"dropout": key}
-            )
-            batch_stats = state.batch_stats
-        return weighted_cross_entropy(logits, labels, class_weights), (logits, batch_stats)
+        logits, updates = state.apply_fn(
+            variables, images, train=True, rngs={"dropout": key}, mutable=["batch_stats"]
+        )
+        return weighted_cross_entropy(logits, labels, class_weights), (logits, updates["batch_stats"])
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     directions, opt_state = state.tx.update(grads, state.opt_state, state.params)
@@ -366,7 +360,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             freeze.log_trainable(stage, labels, variables["params"])
             boundary = freeze.gradient_boundary(labels, block_names(config.model.stage_sizes))
             logging.info("%s: gradients stop at %s", stage, boundary or "nothing (full backprop)")
-            model = build_classifier(config.model, num_classes, gradient_boundary=boundary)
+            model = build_classifier(
+                config.model,
+                num_classes,
+                gradient_boundary=boundary,
+                trainable_batchnorm=freeze.trainable_batchnorm(labels, variables["batch_stats"]),
+            )
             train_batches, val_batches, model_inputs = _stage_inputs(
                 config, stage, boundary, model, variables, prepared, mode, workdir
             )
@@ -389,7 +388,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 functools.partial(
                     train_step,
                     preprocess_mode=model_inputs.preprocess_mode,
-                    batchnorm_train=stage_config.train_batchnorm,
                 ),
                 donate_argnums=0,
                 out_shardings=parallel.replicated(mesh),

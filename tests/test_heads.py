@@ -39,3 +39,36 @@ def test_window_logits_equal_pooling_each_window(head):
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+@pytest.mark.parametrize("head_name", ["inception", "gap"])
+def test_keras_variant_head_starts_like_the_keras_layers(head_name):
+    """Kernels spread like tf_keras' Conv2D/Dense defaults (glorot_uniform) of equal shapes; zero biases."""
+    import os
+
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import tf_keras as keras
+
+    from scenecls.config import default_config
+    from scenecls.models import build_classifier
+
+    config = default_config()
+    config.model.head = head_name
+    head = build_classifier(config.model, num_classes=5).head
+    features = jnp.zeros((1, 7, 7, 2048))
+    params = head.init(jax.random.PRNGKey(0), features)["params"]
+    keras_layers = {"logits": (keras.layers.Dense(5), (None, 384 if head_name == "inception" else 2048))}
+    if head_name == "inception":
+        for k in (1, 3, 5):
+            keras_layers[f"branch_{k}x{k}"] = (keras.layers.Conv2D(128, k, padding="same"), features.shape)
+    for layer, input_shape in keras_layers.values():
+        layer.build(input_shape)
+    keras_layers = {name: layer for name, (layer, _) in keras_layers.items()}
+    assert set(params) == set(keras_layers)
+    for name, layer in keras_layers.items():
+        keras_kernel, keras_bias = (w.numpy() for w in layer.weights)
+        kernel, bias = np.asarray(params[name]["kernel"]), np.asarray(params[name]["bias"])
+        assert kernel.shape == keras_kernel.shape, name
+        np.testing.assert_allclose(kernel.std(), keras_kernel.std(), rtol=0.05, err_msg=name)
+        np.testing.assert_allclose(np.abs(kernel).max(), np.abs(keras_kernel).max(), rtol=0.03, err_msg=name)
+        assert not bias.any() and not keras_bias.any(), name

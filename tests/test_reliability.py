@@ -341,15 +341,15 @@ def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_pat
     reference, interrupted = str(tmp_path / "reference"), str(tmp_path / "interrupted")
     assert fi.run_once(reference, None, env) == "completed", open(reference + ".log").read()[-3000:]
     rng = random.Random(8)
-    faults = [  # the n-th checkpoint write of a run (latest or best), or seconds after its start
-        fi.Fault("checkpoint_write", rng.randint(2, 5)),
-        fi.Fault("time", round(rng.uniform(15, 30), 1)),
-        fi.Fault("checkpoint_write", rng.randint(1, 3)),
+    # The n-th checkpoint write of a run (latest or best), then seconds after its start. The run writes at
+    # least 5 latest checkpoints (one per epoch), so two write faults of at most the 3rd and 2nd write always
+    # hit, whatever the machine's speed; the timed one may come after the run completed.
+    faults = [
+        fi.Fault("checkpoint_write", rng.randint(2, 3)),
+        fi.Fault("checkpoint_write", rng.randint(1, 2)),
+        fi.Fault("time", round(rng.uniform(5, 15), 1)),
     ]
     outcomes = fi.run_with_faults(interrupted, faults, env)
     assert outcomes[-1] == "completed", (outcomes, open(interrupted + ".log").read()[-3000:])
-    assert sum(o.startswith("killed") for o in outcomes) >= 2, (
-        outcomes
-    )  # the faults hit (a run may end first)
-    assert any(o.startswith("killed writing ") for o in outcomes), outcomes
+    assert [o.startswith("killed writing ") for o in outcomes[:2]] == [True, True], outcomes
     assert fi.differences(reference, interrupted) == []

@@ -3,8 +3,10 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from scenecls import checkpoints, train
 
@@ -48,40 +50,118 @@ def test_train_writes_every_output(trained):
 
 
 def test_inference_model_matches_best_checkpoint(trained):
+    """load_for_inference returns the variables stored in the best stage-2 checkpoint, the best epoch's."""
+    import orbax.checkpoint as ocp
+
     _, workdir, _ = trained
     loaded = checkpoints.load_for_inference(workdir)
     assert loaded.classes == ("Buildings", "Cars", "Labs", "People", "Trees")
     assert checkpoints.final_stage(workdir) == "stage2"
-    assert set(loaded.variables) == {"params", "batch_stats"}
+    best_dir = os.path.join(workdir, "checkpoints", "best_stage2")
+    (step,) = [int(name) for name in os.listdir(best_dir) if name.isdigit()]
+    # Read the checkpoint's arrays directly with orbax, not through scenecls' restore helpers.
+    on_disk = ocp.StandardCheckpointer().restore(os.path.join(best_dir, str(step), "state"))
+    flat_disk = dict(jax.tree_util.tree_flatten_with_path(on_disk)[0])
+    flat_loaded = dict(jax.tree_util.tree_flatten_with_path(loaded.variables)[0])
+    assert {jax.tree_util.keystr(k) for k in flat_disk} == {jax.tree_util.keystr(k) for k in flat_loaded}
+    by_name = {jax.tree_util.keystr(k): v for k, v in flat_disk.items()}
+    for key, value in flat_loaded.items():
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(by_name[jax.tree_util.keystr(key)]))
+    # That checkpoint is the stage-2 epoch with the lowest validation loss (early_stopping.metric).
+    with open(os.path.join(workdir, "history.json")) as f:
+        records = json.load(f)["stage2"]
+    best_record = min(records, key=lambda r: r["val_loss"])
+    meta = checkpoints.restore_meta(checkpoints.best_manager(workdir, "stage2"), step)
+    assert (meta["epoch"], meta["val_loss"]) == (best_record["epoch"], best_record["val_loss"])
 
 
-def test_resume_after_interruption_equals_uninterrupted(trained, tmp_path):
-    """A run stopped after stage 1's first epoch and re-run ends exactly where the uninterrupted one did."""
-    config, workdir, metrics = trained
-    from conftest import load_config
-
-    full = load_config("tiny")
-    full.stage1.epochs = 2
-    full.data.prepared_dir = os.path.join(workdir, "prepared")
-    full.data.source_dir = os.path.join(workdir, "synthetic_source")
-    resumed_dir = str(tmp_path / "resumed")
-    # Interrupt: stop after one epoch by running a config with fewer epochs, then resume with the full config.
-    short = load_config("tiny")
-    short.update_from_flattened_dict({"stage1.epochs": 1, "stage2.epochs": 0})
-    short.data.prepared_dir, short.data.source_dir = full.data.prepared_dir, full.data.source_dir
-    train.train_and_evaluate(short, resumed_dir)
-    resumed_metrics = train.train_and_evaluate(full, resumed_dir)
+def _assert_same_history(expected_dir, got_dir):
     with (
-        open(os.path.join(workdir, "history.json")) as f,
-        open(os.path.join(resumed_dir, "history.json")) as g,
+        open(os.path.join(expected_dir, "history.json")) as f,
+        open(os.path.join(got_dir, "history.json")) as g,
     ):
         expected, got = json.load(f), json.load(g)
     for stage in ("stage1", "stage2"):
         for a, b in zip(expected[stage], got[stage], strict=True):
             for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
                 assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), (stage, key)
+
+
+def _same_data(config, workdir):
+    """``config`` reading the data the ``trained`` fixture prepared in ``workdir``."""
+    config.data.prepared_dir = os.path.join(workdir, "prepared")
+    config.data.source_dir = os.path.join(workdir, "synthetic_source")
+    return config
+
+
+def test_interrupted_between_epochs_then_resumed_equals_uninterrupted(trained, tmp_path, monkeypatch):
+    """SIGINT during stage 1's first validation: epoch 1 is saved, the run stops, and re-running it ends
+    exactly where the uninterrupted run did (the mid-epoch case is in test_train_guard.py)."""
+    import signal
+
+    from conftest import load_config
+
+    from scenecls import run_control
+    from scenecls.data import pipeline
+
+    config, workdir, metrics = trained
+    full = _same_data(load_config("tiny"), workdir)
+    full.stage1.epochs = 2
+    original, sent = pipeline.eval_batches, []
+
+    def eval_batches_with_a_sigint(prepared, split, *args, **kwargs):
+        if split == "validation" and not sent:
+            sent.append(split)
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(prepared, split, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "eval_batches", eval_batches_with_a_sigint)
+    resumed_dir = str(tmp_path / "resumed")
+    with pytest.raises(run_control.Interrupted, match="SIGINT: stage1 epoch 1 is saved") as info:
+        train.train_and_evaluate(full, resumed_dir)
+    assert info.value.exit_status == 130
+    assert not os.path.exists(os.path.join(resumed_dir, "eval")), "the run stopped before evaluating"
+    monkeypatch.setattr(pipeline, "eval_batches", original)
+    resumed_metrics = train.train_and_evaluate(full, resumed_dir)
+    _assert_same_history(workdir, resumed_dir)
     assert resumed_metrics["accuracy"] == pytest.approx(metrics["accuracy"])
     assert resumed_metrics["macro_f1"] == pytest.approx(metrics["macro_f1"])
+
+
+def test_extending_a_finished_run_equals_the_longer_run(trained, tmp_path):
+    """A finished one-epoch run re-run with more epochs continues from its checkpoint and ends where the
+    longer run does."""
+    from conftest import load_config
+
+    config, workdir, metrics = trained
+    full = _same_data(load_config("tiny"), workdir)
+    full.stage1.epochs = 2
+    short = _same_data(load_config("tiny"), workdir)
+    short.update_from_flattened_dict({"stage1.epochs": 1, "stage2.epochs": 0})
+    extended_dir = str(tmp_path / "extended")
+    train.train_and_evaluate(short, extended_dir)
+    extended_metrics = train.train_and_evaluate(full, extended_dir)
+    _assert_same_history(workdir, extended_dir)
+    assert extended_metrics["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert extended_metrics["macro_f1"] == pytest.approx(metrics["macro_f1"])
+
+
+def test_partial_stage_trains_only_its_own_batchnorm(tmp_path):
+    """Stage rules over one block with train_batchnorm=True: every other BatchNorm statistic is
+    bit-identical after training (Keras runs frozen layers' BatchNorm in inference mode)."""
+    from conftest import load_config
+
+    config = load_config("tiny")
+    config.stage1.epochs = 0
+    config.stage2.trainable = ("^head/", "^backbone/conv5_block1_")
+    config.stage2.train_batchnorm = True
+    train.train_and_evaluate(config, str(tmp_path))
+    initial = traverse_util.flatten_dict(train.initial_variables(config, 5)["batch_stats"])
+    manager = checkpoints.best_manager(str(tmp_path), "stage2")
+    trained_stats = checkpoints.restore_state(manager, manager.latest_step())["batch_stats"]
+    trained_stats = traverse_util.flatten_dict(jax.device_get(trained_stats))
+    changed = {"/".join(k) for k in initial if not np.array_equal(initial[k], trained_stats[k])}
+    assert changed == {f"backbone/conv5_block1_{i}_bn/{s}" for i in range(4) for s in ("mean", "var")}
 
 
 def test_foreign_workdir_is_refused(trained):

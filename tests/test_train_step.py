@@ -17,11 +17,14 @@ def _setup(config, rules, train_batchnorm=False):
     variables = init_model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
     labels = freeze.param_labels(variables["params"], variables["batch_stats"], rules, train_batchnorm)
     boundary = freeze.gradient_boundary(labels, block_names(config.model.stage_sizes))
-    model = build_classifier(config.model, num_classes=5, gradient_boundary=boundary)
-    state = train.create_train_state(model, variables, labels)
-    step = jax.jit(
-        functools.partial(train.train_step, preprocess_mode="caffe", batchnorm_train=train_batchnorm)
+    model = build_classifier(
+        config.model,
+        num_classes=5,
+        gradient_boundary=boundary,
+        trainable_batchnorm=freeze.trainable_batchnorm(labels, variables["batch_stats"]),
     )
+    state = train.create_train_state(model, variables, labels)
+    step = jax.jit(functools.partial(train.train_step, preprocess_mode="caffe"))
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8),
@@ -69,6 +72,31 @@ def test_trainable_batchnorm_updates_statistics(tiny_config):
     stats = jax.device_get(state.batch_stats)
     new_state, _ = _run(state, step, batch, steps=1)
     assert _changed(stats, jax.device_get(new_state.batch_stats))
+
+
+def test_partially_trained_batchnorm_leaves_other_statistics_bit_identical(tiny_config):
+    """With rules that train one block and train_batchnorm, only that block's BatchNorm statistics move."""
+    rules = ("^head/", "^backbone/conv5_block1_")
+    state, step, batch, _ = _setup(tiny_config, rules, train_batchnorm=True)
+    stats = jax.device_get(state.batch_stats)
+    new_state, _ = _run(state, step, batch, steps=1)
+    changed = _changed(stats, jax.device_get(new_state.batch_stats))
+    trained_bn = {f"backbone/conv5_block1_{i}_bn/{stat}" for i in (0, 1, 2, 3) for stat in ("mean", "var")}
+    assert changed == trained_bn
+
+
+def test_frozen_batchnorm_normalises_with_running_statistics(tiny_config):
+    """A step's loss equals the loss of a model whose frozen BatchNorm layers run in inference mode.
+
+    Checked through the logits: with only the head training, the training-mode forward (dropout off) must
+    equal the inference-mode forward, which it would not if any BatchNorm used batch statistics.
+    """
+    tiny_config.model.dropout_rate = 0.0
+    state, _, batch, _ = _setup(tiny_config, ("^head/",), train_batchnorm=True)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    images = jnp.asarray(batch["image"], jnp.float32)
+    train_logits, _ = state.apply_fn(variables, images, train=True, mutable=["batch_stats"])
+    np.testing.assert_array_equal(train_logits, state.apply_fn(variables, images, train=False))
 
 
 def test_gradient_boundary_matches_full_backprop(tiny_config):

@@ -20,25 +20,10 @@ class Classifier(nn.Module):
     # "features": inputs are already the backbone's feature maps (a feature cache); the backbone is skipped.
     inputs: str = "images"
 
-    def __call__(
-        self,
-        images: jnp.ndarray,
-        train: bool = False,
-        return_features: bool = False,
-        batchnorm_train: bool | None = None,
-    ) -> jnp.ndarray | tuple[jnp.ndarray, jnp.ndarray]:
-        """Logits (and the feature map if asked).
-
-        ``train`` enables dropout; ``batchnorm_train`` (default: ``train``) makes
-        BatchNorm use and update batch statistics. Frozen BatchNorm trains with
-        ``train=True, batchnorm_train=False``.
-        """
-        if self.inputs == "features":
-            features = images
-        else:
-            features = self.backbone(images, train=train if batchnorm_train is None else batchnorm_train)
-        logits = self.head(features, train=train)
-        return (logits, features) if return_features else logits
+    def __call__(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        """Logits; ``train`` enables dropout and trains the backbone's ``trainable_batchnorm`` layers."""
+        features = images if self.inputs == "features" else self.backbone(images, train=train)
+        return self.head(features, train=train)
 
     def features(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         """The backbone's final feature map (N, H/32, W/32, C)."""

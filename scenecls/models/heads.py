@@ -6,6 +6,14 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+# Kernel initialisers of a head's convolutions and dense layer (biases start at zero): Keras'
+# glorot_uniform, as in the reference, for heads on the keras variant; Flax's lecun_normal otherwise.
+KERNEL_INITS = {
+    "glorot_uniform": nn.initializers.glorot_uniform(),
+    "lecun_normal": nn.initializers.lecun_normal(),
+}
+KERNEL_INIT_OF_VARIANT = {"keras": "glorot_uniform", "torchvision": "lecun_normal"}
+
 
 class InceptionHead(nn.Module):
     """Parallel 'same' convs (1x1, 3x3, 5x5 by default) -> concat -> GAP -> dropout -> dense.
@@ -19,14 +27,20 @@ class InceptionHead(nn.Module):
     kernel_sizes: Sequence[int] = (1, 3, 5)
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
+    kernel_init: str = "glorot_uniform"  # a KERNEL_INITS key
 
     @nn.compact
     def __call__(self, features: jnp.ndarray, train: bool = False, window: int | None = None) -> jnp.ndarray:
         branches = [
             nn.relu(
-                nn.Conv(self.filters, (k, k), padding="SAME", dtype=self.dtype, name=f"branch_{k}x{k}")(
-                    features
-                )
+                nn.Conv(
+                    self.filters,
+                    (k, k),
+                    padding="SAME",
+                    dtype=self.dtype,
+                    kernel_init=KERNEL_INITS[self.kernel_init],
+                    name=f"branch_{k}x{k}",
+                )(features)
             )
             for k in self.kernel_sizes
         ]
@@ -40,6 +54,7 @@ class GapHead(nn.Module):
     num_classes: int
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
+    kernel_init: str = "glorot_uniform"  # a KERNEL_INITS key
 
     @nn.compact
     def __call__(self, features: jnp.ndarray, train: bool = False, window: int | None = None) -> jnp.ndarray:
@@ -60,4 +75,6 @@ def _pool_and_classify(
     else:
         x = nn.avg_pool(x, (window, window), strides=(1, 1), padding="VALID")
     x = nn.Dropout(head.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(head.num_classes, dtype=jnp.float32, name="logits")(x)
+    return nn.Dense(
+        head.num_classes, dtype=jnp.float32, kernel_init=KERNEL_INITS[head.kernel_init], name="logits"
+    )(x)

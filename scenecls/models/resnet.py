@@ -92,6 +92,9 @@ def bottleneck(
 class ResNet50(nn.Module):
     """ResNet backbone returning the last feature map (N, H/32, W/32, 4 * 8 * width).
 
+    ``train=True`` is a training step: BatchNorm layers named in ``trainable_batchnorm`` use and update
+    batch statistics, all others stay in inference mode.
+
     Submodules are flat and named like Keras layers (``conv1_conv``,
     ``conv5_block3_2_bn``) so paths are stable and human-readable. The block
     counts and width are fields so tests can build narrow, shallow twins.
@@ -105,6 +108,10 @@ class ResNet50(nn.Module):
     # backbone layer trains, or None for full backprop. Gradients stop in front
     # of it, so frozen layers cost no backward computation at all.
     gradient_boundary: str | None = None
+    # BatchNorm layers (e.g. "conv5_block3_1_bn") that train: with train=True they
+    # normalise with batch statistics and update their running averages. Every
+    # other BatchNorm runs in inference mode, as a frozen Keras layer does.
+    trainable_batchnorm: Sequence[str] = ()
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -113,13 +120,16 @@ class ResNet50(nn.Module):
         if x.shape[1] < FEATURE_STRIDE or x.shape[2] < FEATURE_STRIDE:
             raise ValueError(f"input must be at least {FEATURE_STRIDE}x{FEATURE_STRIDE}, got {x.shape[1:3]}")
         use_bias = _CONV_BIAS[self.variant]
-        norm = partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=0.99 if self.variant == "keras" else 0.9,
-            epsilon=_BN_EPSILON[self.variant],
-            dtype=self.dtype,
-        )
+
+        def norm(name: str) -> nn.BatchNorm:
+            return nn.BatchNorm(
+                use_running_average=not (train and name in self.trainable_batchnorm),
+                momentum=0.99 if self.variant == "keras" else 0.9,
+                epsilon=_BN_EPSILON[self.variant],
+                dtype=self.dtype,
+                name=name,
+            )
+
         x = x.astype(self.dtype)
         x = nn.Conv(
             self.width,
