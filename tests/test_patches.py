@@ -99,10 +99,26 @@ def test_summarize_coverage_threshold_and_order():
     assert summary["coverage"] == pytest.approx({"a": 0.5, "b": 0.15, "c": 0.3, "d": 0.05})
     assert sum(summary["prob_coverage"].values()) == pytest.approx(1.0)
     assert summary["major"] == "a"
-    assert [s["class"] for s in summary["secondary"]] == ["c", "b", "d"]  # threshold is inclusive
+    assert [s["class"] for s in summary["secondary"]] == ["c", "b"]  # d's 5% is not above the threshold
+    assert [s["class"] for s in summarize(probs, classes, threshold=0.04)["secondary"]] == ["c", "b", "d"]
     assert [s["class"] for s in summarize(probs, classes, threshold=0.2)["secondary"]] == ["c"]
     tie = summarize(np.array([[0.6, 0.4], [0.3, 0.7]]), ("x", "y"), threshold=0.05)
     assert tie["major"] == "y"  # equal coverage: larger mean probability wins
+
+
+def test_secondary_classes_must_exceed_the_threshold():
+    """Secondary means coverage strictly above the threshold: equal is not enough, zero never is."""
+    classes = ("a", "b", "c", "d")
+    # 8 patches, top classes a a a a b b c c: coverage a 1/2, b 1/4, c 1/4, d 0 (exact binary fractions).
+    probs = np.array([[0.7, 0.1, 0.1, 0.1]] * 4 + [[0.1, 0.6, 0.2, 0.1]] * 2 + [[0.1, 0.2, 0.6, 0.1]] * 2)
+
+    def secondary(threshold):
+        return [s["class"] for s in summarize(probs, classes, threshold)["secondary"]]
+
+    assert secondary(0.25) == []  # b and c sit exactly on it
+    assert secondary(0.25 - 1e-9) == ["b", "c"]  # b before c: equal coverage and mean probability
+    assert secondary(0.0) == ["b", "c"]  # d covers nothing, so it is not listed even at threshold 0
+    assert summarize(np.array([[0.9, 0.1], [0.8, 0.2]]), ("x", "y"), 0.0)["secondary"] == []
 
 
 def _mask_oracle(chunk: np.ndarray) -> np.ndarray:
