@@ -99,10 +99,26 @@ def test_summarize_coverage_threshold_and_order():
     assert summary["coverage"] == pytest.approx({"a": 0.5, "b": 0.15, "c": 0.3, "d": 0.05})
     assert sum(summary["prob_coverage"].values()) == pytest.approx(1.0)
     assert summary["major"] == "a"
-    assert [s["class"] for s in summary["secondary"]] == ["c", "b", "d"]  # threshold is inclusive
+    assert [s["class"] for s in summary["secondary"]] == ["c", "b"]  # d's 5% is not above the threshold
+    assert [s["class"] for s in summarize(probs, classes, threshold=0.04)["secondary"]] == ["c", "b", "d"]
     assert [s["class"] for s in summarize(probs, classes, threshold=0.2)["secondary"]] == ["c"]
     tie = summarize(np.array([[0.6, 0.4], [0.3, 0.7]]), ("x", "y"), threshold=0.05)
     assert tie["major"] == "y"  # equal coverage: larger mean probability wins
+
+
+def test_secondary_classes_must_exceed_the_threshold():
+    """Secondary means coverage strictly above the threshold: equal is not enough, zero never is."""
+    classes = ("a", "b", "c", "d")
+    # 8 patches, top classes a a a a b b c c: coverage a 1/2, b 1/4, c 1/4, d 0 (exact binary fractions).
+    probs = np.array([[0.7, 0.1, 0.1, 0.1]] * 4 + [[0.1, 0.6, 0.2, 0.1]] * 2 + [[0.1, 0.2, 0.6, 0.1]] * 2)
+
+    def secondary(threshold):
+        return [s["class"] for s in summarize(probs, classes, threshold)["secondary"]]
+
+    assert secondary(0.25) == []  # b and c sit exactly on it
+    assert secondary(0.25 - 1e-9) == ["b", "c"]  # b before c: equal coverage and mean probability
+    assert secondary(0.0) == ["b", "c"]  # d covers nothing, so it is not listed even at threshold 0
+    assert summarize(np.array([[0.9, 0.1], [0.8, 0.2]]), ("x", "y"), 0.0)["secondary"] == []
 
 
 def _mask_oracle(chunk: np.ndarray) -> np.ndarray:
@@ -111,37 +127,89 @@ def _mask_oracle(chunk: np.ndarray) -> np.ndarray:
     return np.stack([np.bincount(row, minlength=len(CLASSES)) for row in labels]) / labels.shape[1]
 
 
-def _boundary_length(mask: np.ndarray, label: int) -> int:
-    """Pixel edges between the class and the rest, image border included."""
-    inside = mask == label
-    border = inside[0].sum() + inside[-1].sum() + inside[:, 0].sum() + inside[:, -1].sum()
-    return int((inside[1:] != inside[:-1]).sum() + (inside[:, 1:] != inside[:, :-1]).sum() + border)
+def _window_starts(length: int, size: int, stride: int) -> list[int]:
+    """Window offsets every ``stride`` plus one flush with the end (written apart from ``grid``)."""
+    return sorted(set(range(0, length - size, stride)) | {length - size})
+
+
+def _majority_labels(mask: np.ndarray, boxes: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each box's majority class in ``mask`` (ties: the lower index) and its per-class pixel counts.
+
+    Counts come from per-class summed-area tables, not from the oracle's per-patch bincount.
+    """
+    table = np.pad((mask[..., None] == np.arange(num_classes)).cumsum(0).cumsum(1), ((1, 0), (1, 0), (0, 0)))
+    x0, y0, x1, y1 = boxes.T
+    counts = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+    labels = np.array([max(range(num_classes), key=lambda c: (row[c], -c)) for row in counts])
+    return labels, counts
+
+
+def _check_oracle_result(result: dict, mask: np.ndarray, size: int, stride: int, threshold: float) -> None:
+    """Patch labels, coverage, prob_coverage, major and secondary are those of the mask's majority labels."""
+    height, width = mask.shape
+    boxes = np.array(
+        [
+            [x, y, x + size, y + size]
+            for y in _window_starts(height, size, stride)
+            for x in _window_starts(width, size, stride)
+        ]
+    )
+    labels, counts = _majority_labels(mask, boxes, len(CLASSES))
+    assert [p["box"] for p in result["patches"]] == boxes.tolist()
+    assert [p["class"] for p in result["patches"]] == [CLASSES[label] for label in labels]
+    n = len(boxes)
+    coverage = {name: int((labels == c).sum()) / n for c, name in enumerate(CLASSES)}
+    prob_coverage = {name: counts[:, c].sum() / (n * size * size) for c, name in enumerate(CLASSES)}
+    assert result["coverage"] == coverage  # exactly: count of patches / number of patches
+    assert result["prob_coverage"] == pytest.approx(prob_coverage, rel=1e-12)
+    ranked = sorted(CLASSES, key=lambda name: (-coverage[name], -prob_coverage[name], CLASSES.index(name)))
+    assert result["major"] == ranked[0]
+    assert result["secondary"] == [
+        {"class": name, "coverage": coverage[name]} for name in ranked[1:] if coverage[name] > threshold
+    ]
+
+
+def _encoded_composite(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A 260x390 composite's class mask and the image that encodes it for ``_mask_oracle``."""
+    mask = synthetic.make_composite(260, 390, seed, regions=5)[1]
+    return mask, np.repeat((mask * 40).astype(np.uint8)[..., None], 3, axis=-1)
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_oracle_coverage_matches_true_area(tiny_config, seed):
-    """A perfect patch classifier's coverage is the class's true area share, to within one patch.
+def test_oracle_coverage_is_the_share_of_patches_of_each_true_label(tiny_config, seed):
+    """A perfect patch classifier: every patch gets its majority class, and coverage counts exactly those.
 
-    "Within one patch": only pixels within half a patch of the class's region boundaries (or the image
-    border) can be attributed to the wrong class, so the error is at most that band's share of the image.
+    Two thresholds: the configured 5%, and the largest coverage below the second-ranked class's, so one
+    class sits exactly on the threshold (not secondary) and one is above it.
     """
-    height, width = 260, 390
     patch = tiny_config.patch  # 64 px patches, stride 32
-    _, mask, fractions = synthetic.make_composite(height, width, seed, regions=5)
-    encoded = np.repeat((mask * 40).astype(np.uint8)[..., None], 3, axis=-1)
+    mask, encoded = _encoded_composite(seed)
     result = PatchClassifier.from_patch_fn(_mask_oracle, CLASSES, patch).predict(encoded)
-    assert sum(result["coverage"].values()) == pytest.approx(1.0)
-    for label, name in enumerate(CLASSES):
-        tolerance = _boundary_length(mask, label) * patch.size / 2 / (height * width)
-        assert abs(result["coverage"][name] - fractions[name]) <= tolerance, name
-        assert abs(result["prob_coverage"][name] - fractions[name]) <= tolerance, name
-        # Secondary classes follow the true area wherever it is clearly above or below the threshold.
-        is_secondary = name in [s["class"] for s in result["secondary"]]
-        if name != result["major"] and fractions[name] >= patch.secondary_threshold + tolerance:
-            assert is_secondary, name
-        if fractions[name] < patch.secondary_threshold - tolerance:
-            assert not is_secondary, name
-    assert result["major"] == max(CLASSES, key=lambda c: result["coverage"][c])
+    _check_oracle_result(result, mask, patch.size, patch.stride, patch.secondary_threshold)
+    coverages = result["coverage"].values()
+    second = sorted(coverages, reverse=True)[1]
+    patch.secondary_threshold = max(c for c in coverages if c < second)  # a class exactly on the threshold
+    result = PatchClassifier.from_patch_fn(_mask_oracle, CLASSES, patch).predict(encoded)
+    _check_oracle_result(result, mask, patch.size, patch.stride, patch.secondary_threshold)
+    assert result["secondary"]  # and one above it
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_oracle_check_rejects_an_oracle_blind_to_the_major_class(tiny_config, seed):
+    """The check above can fail: an oracle that never predicts one class (the true major) does not pass."""
+    patch = tiny_config.patch
+    mask, encoded = _encoded_composite(seed)
+    truth = PatchClassifier.from_patch_fn(_mask_oracle, CLASSES, patch).predict(encoded)
+    major = CLASSES.index(truth["major"])
+
+    def blind_oracle(chunk):
+        probs = _mask_oracle(chunk)
+        probs[:, major] = 0.0
+        return probs
+
+    result = PatchClassifier.from_patch_fn(blind_oracle, CLASSES, patch).predict(encoded)
+    with pytest.raises(AssertionError):
+        _check_oracle_result(result, mask, patch.size, patch.stride, patch.secondary_threshold)
 
 
 def _random_variables(model, size: int, seed: int = 0):

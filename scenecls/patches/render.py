@@ -1,5 +1,6 @@
 """The overlay picture of a patch-inference result: the photo under a class-coloured grid, legend, title."""
 
+import math
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,12 @@ from matplotlib.patches import Patch
 from scenecls.data.images import resize
 
 MAX_DRAWN_SIDE = 1600  # larger photos are drawn downscaled: the grid, not the pixels, is the message
+MAX_SHOWN_ASPECT = 4  # thinner overlays are shown letterboxed onto a canvas this elongated
 _DPI = 100
+_MIN_FIGURE_WIDTH = 8.0  # inches: room for the title and the legend
+_MAX_IMAGE_INCHES = MAX_DRAWN_SIDE / _DPI  # the image area's longer side (see figure_size)
+_TEXT_INCHES = 1.2  # title (up to three lines) and legend
+_PAD_GREY = 160
 _MIN_CELL_FOR_LINES = 12  # drawn pixels per cell below which cell outlines would only add noise
 
 
@@ -54,6 +60,34 @@ def overlay(image: np.ndarray, result: dict[str, Any], max_side: int = MAX_DRAWN
     return (np.clip(blended, 0, 1) * 255).astype(np.uint8)
 
 
+def letterbox(drawn: np.ndarray, max_aspect: float = MAX_SHOWN_ASPECT) -> np.ndarray:
+    """``drawn`` centred on a grey canvas at most ``max_aspect``:1; returned as is if it already is.
+
+    A 1x4000 strip would otherwise ask for a figure hundreds of times taller than wide.
+    """
+    height, width = drawn.shape[:2]
+    canvas_height = max(height, math.ceil(width / max_aspect))
+    canvas_width = max(width, math.ceil(height / max_aspect))
+    if (canvas_height, canvas_width) == (height, width):
+        return drawn
+    canvas = np.full((canvas_height, canvas_width, 3), _PAD_GREY, np.uint8)
+    top, left = (canvas_height - height) // 2, (canvas_width - width) // 2
+    canvas[top : top + height, left : left + width] = drawn
+    return canvas
+
+
+def figure_size(height: int, width: int) -> tuple[float, float]:
+    """(width, height) in inches of the figure showing a ``height`` x ``width`` px picture, text included.
+
+    The figure is as wide as the picture's pixels (8 to 16 in), the picture's area as tall as that width
+    gives it, at most 16 in, and the text adds a fixed band: no figure exceeds 16 x 17.2 in (1600 x 1720 px
+    at 100 dpi), whatever the picture's shape.
+    """
+    image_width = min(_MAX_IMAGE_INCHES, max(_MIN_FIGURE_WIDTH, width / _DPI))
+    image_height = min(_MAX_IMAGE_INCHES, image_width * height / width)
+    return image_width, image_height + _TEXT_INCHES
+
+
 def title(result: dict[str, Any]) -> str:
     """'Major: X (n%) · secondary: ...' plus the whole-image prediction, for the figure and the console."""
     major = result["major"]
@@ -65,23 +99,35 @@ def title(result: dict[str, Any]) -> str:
     )
 
 
+def figure_title(result: dict[str, Any], letterboxed: bool) -> str:
+    """The figure's title: ``title``, the grid and patch settings, and a note if the image is letterboxed."""
+    patch = result["patch"]
+    lines = [
+        title(result),
+        f"{result['image'] or 'image'}: {result['grid']['rows']}x{result['grid']['cols']} patches of "
+        f"{patch['size']} px, stride {patch['stride']}, {patch['mode']} mode",
+    ]
+    if letterboxed:
+        lines.append(
+            f"shown letterboxed: {result['width']}x{result['height']} image padded to {MAX_SHOWN_ASPECT}:1"
+        )
+    return "\n".join(lines)
+
+
 def render(image: np.ndarray, result: dict[str, Any], path: str, max_side: int = MAX_DRAWN_SIDE) -> None:
-    """Writes the overlay, a legend (class colour and coverage) and the title as a PNG to ``path``."""
+    """Writes the overlay, a legend (class colour and coverage) and the title as a PNG to ``path``.
+
+    The PNG's size is bounded whatever the image's shape (see ``letterbox`` and ``figure_size``).
+    """
     drawn = overlay(image, result, max_side)
-    height, width = drawn.shape[:2]
-    fig_width = min(16.0, max(8.0, width / _DPI))
-    fig = Figure(figsize=(fig_width, fig_width * height / width + 1.0), dpi=_DPI, layout="constrained")
+    shown = letterbox(drawn)
+    fig_width, fig_height = figure_size(*shown.shape[:2])
+    fig = Figure(figsize=(fig_width, fig_height), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.imshow(drawn, interpolation="antialiased")
+    ax.imshow(shown, interpolation="antialiased")
     ax.set_axis_off()
-    patch = result["patch"]
-    ax.set_title(
-        f"{title(result)}\n{result['image'] or 'image'}: {result['grid']['rows']}x"
-        f"{result['grid']['cols']} patches of {patch['size']} px, stride {patch['stride']}, "
-        f"{patch['mode']} mode",
-        fontsize=10,
-    )
+    ax.set_title(figure_title(result, letterboxed=shown is not drawn), fontsize=10)
     colors = class_colors(len(result["classes"]))
     handles = [
         Patch(color=colors[c], label=f"{name} {result['coverage'][name]:.1%}")

@@ -1,5 +1,6 @@
 """``scenecls --mode=infer``: patch inference over files, folders and globs, writing JSON, PNG and CSV."""
 
+import contextlib
 import csv
 import glob
 import json
@@ -125,13 +126,25 @@ def _write_csv(rows: list[dict[str, Any]], classes: Sequence[str], path: str) ->
         writer.writerows(rows)
 
 
+def _failure_reason(error: Exception) -> str:
+    """Why handling an image failed, on one line: the message, and what kind of failure when it helps."""
+    message = " ".join(str(error).split())
+    if isinstance(error, MemoryError):  # numpy's _ArrayMemoryError too
+        return f"out of memory ({message})" if message else "out of memory"
+    if isinstance(error, ValueError) and message:  # ours (ImageError too) are written to be read as they are
+        return message
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
 def _predict(classifier: PatchClassifier, path: str) -> dict[str, Any]:
-    """The result of one file, or ``{"error": message}`` when it cannot be read or classified."""
+    """One file's result, or ``{"error": "path: reason"}`` if anything fails in reading or classifying it."""
     start = time.perf_counter()
     try:
         result = classifier.predict(path)
-    except (ImageError, ValueError) as e:  # ImageError already reads "path: reason"
-        return {"error": str(e) if isinstance(e, ImageError) else f"{path}: {e}"}
+    except Exception as e:  # one image never stops the batch: undecodable, out of memory, the model, ...
+        logging.debug("Inference on %s failed", path, exc_info=True)
+        reason = _failure_reason(e)  # an ImageError's already reads "path: reason"
+        return {"error": reason if isinstance(e, ImageError) else f"{path}: {reason}"}
     result.update(image=path, seconds=time.perf_counter() - start)
     return result
 
@@ -140,8 +153,12 @@ def infer_files(classifier: PatchClassifier, paths: Sequence[str], out_dir: str)
     """Writes ``<name>.json`` and ``<name>.png`` per file, prints a line each; returns the summary rows.
 
     In a multi-process run the processes take one file each per round (process p: files p, p + P, ...);
-    each round's results are gathered and only process 0 writes and prints. An unreadable image gives one
-    line on stderr naming the file and the reason; the batch continues.
+    each round's results are gathered and only process 0 writes and prints. Any failure with one file
+    (decoding, the model, running out of memory, writing, drawing) gives one ``FAILED path: reason`` line
+    on stderr and an ``error`` in its row, and the batch goes on (the traceback is logged at debug level).
+    A file that was classified keeps its classes in its row even if writing its outputs failed; its JSON is
+    written before its overlay, so an overlay that cannot be drawn costs only the PNG. Write failures are
+    known to process 0 only, which writes summary.csv.
     """
     if parallel.is_primary():
         os.makedirs(out_dir, exist_ok=True)
@@ -153,27 +170,48 @@ def infer_files(classifier: PatchClassifier, paths: Sequence[str], out_dir: str)
         results = parallel.gather_json(mine, len(group))
         for path, name, result in zip(group, names[first : first + len(group)], results, strict=True):
             if "error" in result:
-                rows.append(summary_row(None, path, name, error=result["error"]))
-                if parallel.is_primary():
-                    print(f"FAILED {result['error']}", file=sys.stderr)
-                continue
-            rows.append(summary_row(result, path, name))
-            if parallel.is_primary():
-                _write_result(result, os.path.join(out_dir, name))
+                error, result = result["error"], None
+            elif parallel.is_primary():
+                error = _write_result(result, os.path.join(out_dir, name))
+            else:
+                error = ""
+            if error and parallel.is_primary():
+                print(f"FAILED {error}", file=sys.stderr)
+            rows.append(summary_row(result, path, name, error=error))
     return rows
 
 
-def _write_result(result: dict[str, Any], out_path: str) -> None:
-    """``<out_path>.json`` and ``.png`` of one image's result, and its line on stdout."""
-    with open(f"{out_path}.json", "w") as f:
-        f.write(to_json(result))
-    render(load_rgb(result["image"]), result, f"{out_path}.png")
+def _write_result(result: dict[str, Any], out_path: str) -> str:
+    """``<out_path>.json``, then ``.png``, of one result and its line on stdout; returns why not ("" if done).
+
+    The overlay is not drawn when the JSON cannot be written; an output a failure interrupts is removed.
+    """
+    path, json_path, png_path = result["image"], f"{out_path}.json", f"{out_path}.png"
+    try:
+        with open(json_path, "w") as f:
+            f.write(to_json(result))
+    except Exception as e:
+        _discard(json_path, e)
+        return f"{path}: cannot write {json_path}: {_failure_reason(e)}"
+    try:
+        render(load_rgb(path), result, png_path)
+    except Exception as e:  # out of memory, a file changed since, a plotting bug: the JSON stands
+        _discard(png_path, e)
+        return f"{path}: overlay not drawn ({_failure_reason(e)}); {json_path} written"
     print(
-        f"{result['image']}: {title(result)}; {len(result['patches'])} patches in {result['seconds']:.2f}s "
+        f"{path}: {title(result)}; {len(result['patches'])} patches in {result['seconds']:.2f}s "
         f"-> {out_path}.json/.png"
     )
     for note in result["notes"]:
         print(f"  note: {note}")
+    return ""
+
+
+def _discard(output: str, error: Exception) -> None:
+    """Removes what ``error`` left of an output (half-written, or stale from an earlier run); logs it."""
+    logging.debug("Writing %s failed", output, exc_info=error)
+    with contextlib.suppress(OSError):
+        os.remove(output)
 
 
 def run_inference(config: ml_collections.ConfigDict, workdir: str) -> int:

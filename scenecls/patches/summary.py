@@ -11,8 +11,8 @@ def summarize(probs: np.ndarray, classes: Sequence[str], threshold: float) -> di
 
     ``coverage`` is the share of patches whose top class it is (the paper's definition, sums to 1);
     ``prob_coverage`` the mean probability. ``major`` has the largest coverage (ties: larger
-    prob_coverage, then class order); ``secondary`` lists the other classes with coverage >=
-    ``threshold``, largest first.
+    prob_coverage, then class order); ``secondary`` lists the other classes with coverage above
+    ``threshold`` (strictly: at threshold 0 a class no patch shows is never listed), largest first.
     """
     probs = np.asarray(probs, np.float64)
     if probs.ndim != 2 or probs.shape[0] == 0 or probs.shape[1] != len(classes):
@@ -23,7 +23,7 @@ def summarize(probs: np.ndarray, classes: Sequence[str], threshold: float) -> di
     # Sort by coverage, then prob_coverage, then class order (stable: earlier class first on full ties).
     order = sorted(range(len(classes)), key=lambda c: (-coverage[c], -prob_coverage[c], c))
     major = order[0]
-    secondary = [c for c in order[1:] if coverage[c] >= threshold]
+    secondary = [c for c in order[1:] if coverage[c] > threshold]
     return {
         "labels": labels,
         "coverage": {name: float(coverage[c]) for c, name in enumerate(classes)},
