@@ -91,7 +91,9 @@ def evaluation_data(
     """The prepared data and split to evaluate on.
 
     The run's own test split (from the data config stored with the run, so the command line need not
-    repeat it), or all of ``config.eval.source_dir`` when that is set.
+    repeat it), or all of ``config.eval.source_dir`` when that is set. That folder may lack some of the
+    model's classes (no folder, or no image in it): a follow-up test set often does. They are accepted
+    with a warning and have no examples (see ``metrics.compute_metrics`` for how the averages treat them).
     """
     if not config.eval.source_dir:
         return builder.prepare(trained.config.data, workdir), "test"
@@ -101,7 +103,7 @@ def evaluation_data(
     data_config.prepared_dir = os.path.join(workdir, "eval_prepared")
     data_config.synthetic_per_class = 0
     data_config.split = (0.0, 0.0, 1.0)
-    return builder.prepare(data_config, workdir), "test"
+    return builder.prepare(data_config, workdir, allow_absent=True), "test"
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

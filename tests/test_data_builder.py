@@ -173,3 +173,65 @@ def test_synthetic_source_is_written_once(tmp_path):
     shutil.rmtree(tmp_path / "prepared")
     builder.prepare(config, str(tmp_path))
     assert os.stat(source / synthetic.MARKER).st_mtime_ns == mtime
+
+
+def test_messy_photo_folder_finds_its_classes_and_reports_the_rest(tmp_path, caplog):
+    """Leftover folders are not classes; clutter is ignored, corrupt images skipped, odd names kept."""
+    source = str(tmp_path / "photos")
+    for i in range(4):
+        _write(source, f"Bâtiments anciens/photo été {i}.jpg", _jpeg(10 + i))
+        _write(source, f"Cars/car {i}.jpg", _jpeg(20 + i))
+    _write(source, "Cars/2020/voyage à Noël/nested.jpg", _jpeg(30))  # counts for Cars
+    clutter = {
+        ".DS_Store": "hidden or system file",
+        "README.txt": "file outside the class folders",
+        "Cars/.hidden.jpg": "hidden or system file",
+        "Cars/._car 0.jpg": "hidden or system file",
+        "Cars/Thumbs.db": "hidden or system file",
+        "Bâtiments anciens/README.txt": "not an image file extension (.txt)",
+        "Notes/notes.txt": None,  # the folder is reported, not its content
+        "Backup/._old.jpg": None,  # AppleDouble only: no image file
+    }
+    for rel_path in clutter:
+        _write(source, rel_path, _jpeg(1) if rel_path.endswith(".jpg") else b"clutter")
+    os.makedirs(os.path.join(source, "Unused"))
+    _write(source, "Cars/corrupt.jpg", b"\xff\xd8\xff\xe0" + b"\x00" * 500)
+    _write(source, "Bâtiments anciens/cassée.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)
+
+    prepared = builder.prepare(_data_config(source), str(tmp_path / "work"))
+
+    assert prepared.classes == ("Bâtiments anciens", "Cars")
+    assert [sum(prepared.counts[s][c] for s in folder.SPLITS) for c in range(2)] == [4, 5]
+    assert "Cars/2020/voyage à Noël/nested.jpg" in {p for paths in prepared.files.values() for p in paths}
+    with open(prepared.report_path) as f:
+        report = json.load(f)
+    expected_ignored = {path: reason for path, reason in clutter.items() if reason}
+    expected_ignored.update({name: "no image files: not a class" for name in ("Backup", "Notes", "Unused")})
+    assert dict(report["ignored"]) == expected_ignored
+    assert set(dict(report["skipped"])) == {"Cars/corrupt.jpg", "Bâtiments anciens/cassée.png"}
+    with open(os.path.join(prepared.data_dir, "report.txt"), encoding="utf-8") as f:
+        assert "  Unused: no image files: not a class" in f.read()
+    assert "(not classes): ['Backup', 'Notes', 'Unused']" in caplog.text
+
+
+def test_class_folder_without_one_decodable_image_fails_naming_it(tmp_path):
+    source = str(tmp_path / "src")
+    synthetic.write_dataset(source, per_class=4, size=(32, 48), classes=("Cars", "Labs"))
+    for i in range(3):
+        _write(source, f"Broken/scan {i}.jpg", b"\xff\xd8\xff\xe0 not really a jpeg")
+    broken = os.path.join(source, "Broken")
+    with pytest.raises(ValueError) as error:
+        builder.prepare(_data_config(source), str(tmp_path / "work"))
+    assert str(error.value) == (
+        f"class folder 'Broken' ({broken}): none of its 3 image file(s) could be decoded; "
+        "fix or remove them, or list only the other classes in data.classes"
+    )
+    assert os.listdir(tmp_path / "work" / "prepared") == []
+
+
+def test_explicit_class_naming_an_empty_folder_fails_naming_it(tmp_path):
+    source = str(tmp_path / "src")
+    synthetic.write_dataset(source, per_class=4, size=(32, 48), classes=("Cars", "Labs"))
+    os.makedirs(os.path.join(source, "Unused"))
+    with pytest.raises(ValueError, match=r"^[^\n]*data.classes entry 'Unused': no image file in \S+/Unused$"):
+        builder.prepare(_data_config(source, classes=("Cars", "Unused")), str(tmp_path / "work"))

@@ -72,6 +72,40 @@ def test_explicit_classes(source):
         folder.scan(str(source), ["Trees", "Labs"])
 
 
+def test_folders_without_image_files_are_not_classes(source, caplog):
+    for rel_path in ("Unused/", "Notes/notes.txt", "Backup/._a.jpg", "Backup/Thumbs.db", "Old/.cache/b.jpg"):
+        os.makedirs(source / os.path.dirname(rel_path), exist_ok=True)
+        if not rel_path.endswith("/"):
+            _touch(source, rel_path)
+    scanned = folder.scan(str(source))
+    assert scanned.classes == ("Cars", "Trees") and len(scanned.files) == 8
+    ignored = dict(scanned.ignored)
+    for name in ("Unused", "Notes", "Backup", "Old"):
+        assert ignored[name] == "no image files: not a class"
+    assert "Notes/notes.txt" not in ignored  # the folder is reported, not each piece of its clutter
+    assert "(not classes): ['Backup', 'Notes', 'Old', 'Unused']" in caplog.text
+
+
+def test_explicit_class_without_image_files_is_an_error_naming_it(source):
+    os.makedirs(source / "Labs")
+    _touch(source, "Labs/notes.txt")
+    with pytest.raises(ValueError, match=r"data.classes entry 'Labs': no image file in .*Labs$") as error:
+        folder.scan(str(source), ["Cars", "Labs"])
+    assert "\n" not in str(error.value)
+
+
+def test_absent_classes_are_accepted_when_allowed(source, caplog):
+    os.makedirs(source / "Labs")
+    scanned = folder.scan(str(source), ["Cars", "Labs", "People", "Trees"], allow_absent=True)
+    assert scanned.classes == ("Cars", "Labs", "People", "Trees") and scanned.absent == ("Labs", "People")
+    assert {f.label for f in scanned.files} == {0, 3}  # labels keep the positions of the listed classes
+    assert "(no folder: ['People'], no image files: ['Labs'])" in caplog.text
+    splits = folder.stratified_split(scanned.files, scanned.classes, (0, 0, 1), seed=0, absent=scanned.absent)
+    assert len(splits["test"]) == 8
+    with pytest.raises(ValueError, match="class 'Labs' has 0 usable image"):  # only when named absent
+        folder.stratified_split(scanned.files, scanned.classes, (0, 0, 1), seed=0)
+
+
 def test_scan_errors(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         folder.scan(str(tmp_path / "nowhere"))

@@ -96,15 +96,22 @@ class SceneFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             yield example.key, {"image": example.staged_path, "label": example.label, "file": example.key}
 
 
-def prepare(data_config: ml_collections.ConfigDict, workdir: str) -> PreparedData:
+def prepare(data_config: ml_collections.ConfigDict, workdir: str, allow_absent: bool = False) -> PreparedData:
     """Prepares (or reuses) the dataset described by ``config.data``; prints the per-class/split table.
 
+    Args:
+      data_config: the ``data`` section of the config.
+      workdir: the run's folder (prepared data goes to ``<workdir>/prepared`` unless configured).
+      allow_absent: accept, with a warning, classes of ``data.classes`` without a folder or without images
+        (evaluation data may lack some of the model's classes); they get no examples.
+
     Raises:
-      ValueError: no source folder configured, missing folder or classes, no images, bad split ratios, or a
-        class with too few decodable images for the split (the message names it).
+      ValueError: no source folder configured, missing folder or classes, no images, bad split ratios, a
+        class folder whose images all fail to decode, or a class with too few decodable images for the
+        split (the message names it).
     """
     source_dir = resolve_source_dir(data_config, workdir)
-    scanned = folder.scan(source_dir, tuple(data_config.classes))
+    scanned = folder.scan(source_dir, tuple(data_config.classes), allow_absent)
     settings = {
         "format": _FORMAT_VERSION,
         "split": [float(r) for r in data_config.split],
@@ -177,7 +184,10 @@ def _build(scanned: folder.Scan, settings: dict, data_dir: str, source_dir: str)
     skipped = [(f.path, outcome) for f, outcome in zip(scanned.files, outcomes, strict=True) if outcome]
     for path, reason in skipped:
         logging.warning("Skipped %s: %s", path, reason)
-    splits = folder.stratified_split(good, scanned.classes, settings["split"], settings["split_seed"])
+    _check_decodable(scanned, good)
+    splits = folder.stratified_split(
+        good, scanned.classes, settings["split"], settings["split_seed"], scanned.absent
+    )
     index = {f.path: i for i, f in enumerate(scanned.files)}
     examples = {
         split: [_Example(f.path, f.label, _staged_path(staging, index[f.path])) for f in members]
@@ -206,6 +216,18 @@ def _build(scanned: folder.Scan, settings: dict, data_dir: str, source_dir: str)
         "seconds": seconds,
         "images_per_second": len(scanned.files) / seconds,
     }
+
+
+def _check_decodable(scanned: folder.Scan, good: Sequence[folder.SourceFile]) -> None:
+    """Refuses, naming its folder, a class with image files of which none could be decoded."""
+    for label, name in enumerate(scanned.classes):
+        total = sum(f.label == label for f in scanned.files)
+        if total and not any(f.label == label for f in good):
+            raise ValueError(
+                f"class folder {name!r} ({os.path.abspath(os.path.join(scanned.root, name))}): none of its "
+                f"{total} image file(s) could be decoded; fix or remove them, or list only the other classes "
+                "in data.classes"
+            )
 
 
 def _staged_path(staging: str, index: int) -> str:
