@@ -5,7 +5,7 @@ import os
 import ml_collections
 from PIL import Image
 
-from scenecls import patches
+from scenecls import console, patches
 from scenecls.data import synthetic
 
 
@@ -18,7 +18,7 @@ def write_composites(out_dir: str, count: int, height: int, width: int, seed: in
         path = os.path.join(out_dir, f"composite_{index}.png")
         Image.fromarray(image).save(path)
         shares = ", ".join(f"{name} {share:.0%}" for name, share in fractions.items() if share > 0)
-        print(f"{path}: true areas {shares}")
+        console.say(f"{path}: true areas {shares}")
         paths.append(path)
     return paths
 

@@ -10,10 +10,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
 from jax.sharding import Mesh
 
-from scenecls import checkpoints, metrics, parallel, reports
+from scenecls import checkpoints, console, metrics, parallel, reports
 from scenecls.data import builder, pipeline
 from scenecls.models import Classifier
 from scenecls.preprocessing import mode_for_variant, preprocess
@@ -121,6 +120,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     mesh = parallel.create_mesh()
     parallel.check_divisible(eval_config.eval_batch_size, "eval_batch_size", mesh)
     batches = pipeline.eval_batches(prepared, split, eval_config, jax.process_index(), jax.process_count())
+    examples = -(-sum(prepared.counts[split]) // jax.process_count())
+    steps = -(-examples // (eval_config.eval_batch_size // jax.process_count()))
+    batches = console.progress(batches, total=steps, desc=f"Evaluating ({split})", unit="batch")
     result = predict_split(trained.model, trained.variables, batches, mode, mesh)
     if parallel.is_primary():
         test_metrics = reports.evaluate_predictions(
@@ -128,7 +130,6 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         )
     else:  # every process has all predictions; only process 0 writes them
         test_metrics = metrics.compute_metrics(result["labels"], result["probs"], trained.classes)
-    logging.info(
-        "Evaluation on %d %s examples:\n%s", len(result["files"]), split, metrics.format_report(test_metrics)
-    )
+    report = metrics.format_report(test_metrics)
+    console.say(f"Evaluation on {len(result['files'])} {split} examples:\n{report}")
     return test_metrics

@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from scenecls import console
 from scenecls.data import pipeline
 from scenecls.data.builder import PreparedData
 from scenecls.models import Classifier
@@ -76,7 +77,9 @@ def cache_split(
     features_fn = jax.jit(functools.partial(_features, model, preprocess_mode))
     total = sum(prepared.counts[split])
     features, labels, files, filled = None, np.zeros((total,), np.int32), np.empty((total,), object), 0
-    for batch in pipeline.eval_batches(prepared, split, config):
+    batches = pipeline.eval_batches(prepared, split, config)
+    steps = -(-total // config.eval_batch_size)
+    for batch in console.progress(batches, total=steps, desc=f"Caching {split} features", unit="batch"):
         count = int(batch["mask"].sum())
         out = np.asarray(features_fn(variables, batch["image"]))[:count]
         if features is None:

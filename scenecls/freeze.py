@@ -102,16 +102,13 @@ def gradient_boundary(labels: Any, block_names: Sequence[str]) -> str | None:
 
 
 def log_trainable(stage: str, labels: Any, params: Any) -> str:
-    """Logs and returns a one-paragraph summary of what a stage trains."""
+    """Logs every layer a stage trains; returns a one-line summary (parameter and layer counts)."""
     flat_labels = flax.traverse_util.flatten_dict(labels)
     flat_params = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
     names = trainable_names(labels)
     count = sum(flat_params[p].size for p, label in flat_labels.items() if label == TRAINABLE)
     total = sum(leaf.size for leaf in flat_params.values())
     layers = sorted({name.rsplit("/", 1)[0] for name in names})
-    text = (
-        f"{stage}: training {count:,} of {total:,} parameters ({len(names)} tensors in "
-        f"{len(layers)} layers): {', '.join(layers)}"
-    )
-    logging.info(text)
-    return text
+    summary = f"training {count:,} of {total:,} parameters ({len(names)} tensors in {len(layers)} layers)"
+    logging.info("%s: %s: %s", stage, summary, ", ".join(layers))
+    return summary

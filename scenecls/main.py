@@ -49,6 +49,16 @@ def main(argv: list[str]) -> int:
     """Dispatches to one library function per mode; returns the exit status."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    from scenecls import console
+
+    workdir = _WORKDIR.value
+    log_name = console.LOG_NAME if not _PROCESS_ID.value else f"log.{_PROCESS_ID.value}.txt"
+    with console.session(workdir, flags.FLAGS.verbosity, log_name):
+        return _run_mode(_CONFIG.value, workdir, _MODE.value)
+
+
+def _run_mode(config, workdir: str, mode: str) -> int:
+    """Runs ``mode``; expected failures end with one line on stderr and status 1."""
     # TensorFlow serves tf.data only: keep it off any GPU so it never competes with JAX.
     import tensorflow as tf
 
@@ -70,8 +80,6 @@ def main(argv: list[str]) -> int:
         parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     if not parallel.is_primary():  # process 0 logs and writes files; the others only warn
         logging.set_verbosity(logging.WARNING)
-    config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
-    os.makedirs(workdir, exist_ok=True)
     logging.info("JAX devices: %s", jax.devices())
     lock = contextlib.ExitStack()
     try:

@@ -7,6 +7,7 @@ stopping and reduce-LR-on-plateau on the validation split. The latest state is
 checkpointed every epoch, so re-running on the same workdir resumes.
 """
 
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -29,6 +30,7 @@ from flax.training import train_state
 
 from scenecls import (
     checkpoints,
+    console,
     evaluate,
     feature_cache,
     freeze,
@@ -222,19 +224,31 @@ def initial_variables(config: ml_collections.ConfigDict, num_classes: int) -> di
     return pretrained.merge_backbone(variables, pretrained.load_backbone(config.pretrained))
 
 
-class _EpochLogger:
-    """Periodic progress lines (loss, accuracy, images/s, ETA) within an epoch."""
+class _EpochProgress:
+    """An epoch's progress bar (loss, accuracy, images/s, ETA) and periodic lines in the log."""
 
-    def __init__(self, stage: str, epoch: int, epochs: int, steps: int, batch_size: int, every: int):
+    def __init__(
+        self, stage: str, epoch: int, epochs: int, steps: int, batch_size: int, every: int, done: int
+    ):
         self.stage, self.epoch, self.epochs, self.steps = stage, epoch, epochs, steps
         self.batch_size, self.every = batch_size, max(every, 1)
-        self.start = time.perf_counter()
+        self.start, self.done_at_start = time.perf_counter(), done
+        self.bar = console.progress(
+            total=steps, initial=done, desc=f"{stage} epoch {epoch}/{epochs}", unit="step", leave=False
+        )
 
     def step(self, step: int, totals: dict[str, float]) -> None:
+        """Reports the epoch's ``step``-th step done, with the running sums ``totals``."""
+        elapsed = time.perf_counter() - self.start
+        rate = (step - self.done_at_start) * self.batch_size / max(elapsed, 1e-9)
+        loss = totals["loss"] / max(totals["count"], 1.0)
+        accuracy = totals["correct"] / max(totals["count"], 1.0)
+        self.bar.set_postfix_str(f"loss {loss:.4f} acc {accuracy:.4f} {rate:.1f} img/s", refresh=False)
+        self.bar.update()
+        if step == self.steps:
+            self.bar.refresh()  # the bar is cleared when the epoch ends: show it complete first
         if step % self.every and step != self.steps:
             return
-        elapsed = time.perf_counter() - self.start
-        rate = step * self.batch_size / max(elapsed, 1e-9)
         eta = (self.steps - step) * self.batch_size / max(rate, 1e-9)
         logging.info(
             "%s epoch %d/%d step %d/%d: loss %.4f acc %.4f, %.1f img/s, ETA %.0fs",
@@ -243,11 +257,14 @@ class _EpochLogger:
             self.epochs,
             step,
             self.steps,
-            totals["loss"] / max(totals["count"], 1.0),
-            totals["correct"] / max(totals["count"], 1.0),
+            loss,
+            accuracy,
             rate,
             eta,
         )
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _train_epoch(
@@ -258,7 +275,7 @@ def _train_epoch(
     learning_rate: float,
     dropout_key: jax.Array,
     class_weights: jnp.ndarray,
-    logger: _EpochLogger,
+    logger: _EpochProgress,
     after_step: Callable[[TrainState, EpochPosition, bool], None],
 ) -> tuple[TrainState, dict[str, float]]:
     """Runs an epoch's train steps from ``position`` on; returns the state, mean loss/accuracy, img/s.
@@ -357,9 +374,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     else initial_variables(config, num_classes)
                 )
             labels = stage_labels(variables, stage_config)
-            freeze.log_trainable(stage, labels, variables["params"])
+            trains = freeze.log_trainable(stage, labels, variables["params"])
             boundary = freeze.gradient_boundary(labels, block_names(config.model.stage_sizes))
             logging.info("%s: gradients stop at %s", stage, boundary or "nothing (full backprop)")
+            console.say(f"{stage}: up to {stage_config.epochs} epochs, {trains}")
             model = build_classifier(
                 config.model,
                 num_classes,
@@ -408,21 +426,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             while progress.epochs_done < stage_config.epochs and not progress.stopped_early:
                 epoch = progress.epochs_done + 1
                 global_epoch = epoch_offset + epoch
-                logger = _EpochLogger(
-                    stage, epoch, stage_config.epochs, steps, config.batch_size, config.log_every_steps
+                logger = _EpochProgress(
+                    stage,
+                    epoch,
+                    stage_config.epochs,
+                    steps,
+                    config.batch_size,
+                    config.log_every_steps,
+                    position.step,
                 )
                 learning_rate = progress.learning_rate
-                state, train_metrics = _train_epoch(
-                    state,
-                    step_fn,
-                    map(functools.partial(parallel.shard_batch, mesh), train_batches(global_epoch)),
-                    position,
-                    learning_rate,
-                    dropout_key,
-                    class_weights,
-                    logger,
-                    guard.after_step,
-                )
+                with contextlib.closing(logger):
+                    state, train_metrics = _train_epoch(
+                        state,
+                        step_fn,
+                        map(functools.partial(parallel.shard_batch, mesh), train_batches(global_epoch)),
+                        position,
+                        learning_rate,
+                        dropout_key,
+                        class_weights,
+                        logger,
+                        guard.after_step,
+                    )
                 eval_variables = {"params": state.params, "batch_stats": state.batch_stats}
                 val = evaluate.predict_split(
                     model_inputs.model, eval_variables, val_batches(), model_inputs.preprocess_mode, mesh
@@ -437,21 +462,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 }
                 records.append(record)
                 monitored = record[config.early_stopping.metric]
-                if update_progress(progress, monitored, config, stage_config.epochs):
+                improved = update_progress(progress, monitored, config, stage_config.epochs)
+                if improved:
                     checkpoints.save(
                         best, global_epoch, eval_variables, {"stage": stage, "epoch": epoch, **record}
                     )
-                logging.info(
-                    "%s epoch %d/%d: loss %.4f acc %.4f val_loss %.4f val_acc %.4f lr %.2e (%.1f img/s)",
-                    stage,
-                    epoch,
-                    stage_config.epochs,
-                    record["loss"],
-                    record["accuracy"],
-                    record["val_loss"],
-                    record["val_accuracy"],
-                    learning_rate,
-                    record["images_per_s"],
+                console.say(
+                    f"{stage} epoch {epoch}/{stage_config.epochs}: loss {record['loss']:.4f} "
+                    f"acc {record['accuracy']:.4f} | val_loss {record['val_loss']:.4f} "
+                    f"val_acc {record['val_accuracy']:.4f} | lr {learning_rate:.2e} | "
+                    f"{record['images_per_s']:.1f} img/s{' (best)' if improved else ''}"
                 )
                 if writer:
                     writer.scalars(

@@ -10,18 +10,20 @@ file list of every split.
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import shutil
-import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import ml_collections
 import tensorflow_datasets as tfds
 from absl import logging
 
+from scenecls import console
 from scenecls.data import folder, images, synthetic
 
 _FORMAT_VERSION = 1  # bump when the stored content changes for the same settings
@@ -97,7 +99,8 @@ class SceneFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 
 def prepare(data_config: ml_collections.ConfigDict, workdir: str, allow_absent: bool = False) -> PreparedData:
-    """Prepares (or reuses) the dataset described by ``config.data``; prints the per-class/split table.
+    """Prepares (or reuses) the dataset described by ``config.data``; prints the per-class/split table
+    when it prepares, one line when it reuses.
 
     Args:
       data_config: the ``data`` section of the config.
@@ -125,7 +128,12 @@ def prepare(data_config: ml_collections.ConfigDict, workdir: str, allow_absent: 
     if os.path.exists(report_path):
         with open(report_path) as f:
             report = json.load(f)
-        print(f"Reusing prepared data {data_dir} (source unchanged).")
+        images_count = sum(map(sum, report["counts"].values()))
+        console.say(
+            f"Reusing prepared data {data_dir} (source unchanged): {images_count} images of "
+            f"{len(report['classes'])} classes; table and file lists in report.txt there."
+        )
+        logging.info("%s", format_report(report, max_lines=20))
     else:
         shutil.rmtree(data_dir, ignore_errors=True)  # an interrupted earlier attempt
         try:
@@ -134,11 +142,11 @@ def prepare(data_config: ml_collections.ConfigDict, workdir: str, allow_absent: 
         except BaseException:
             shutil.rmtree(data_dir, ignore_errors=True)  # never leave a half-prepared version behind
             raise
-        print(
+        console.say(
             f"Prepared {sum(map(sum, report['counts'].values()))} images into {data_dir} "
             f"in {report['seconds']:.1f} s."
         )
-    print(format_report(report, max_lines=20))
+        console.say(format_report(report, max_lines=20))
     builder = tfds.builder_from_directory(os.path.join(data_dir, SceneFolder.name, str(SceneFolder.VERSION)))
     return PreparedData(
         classes=tuple(report["classes"]),
@@ -168,7 +176,7 @@ def resolve_source_dir(data_config: ml_collections.ConfigDict, workdir: str) -> 
         with open(marker_path) as f:
             if json.load(f) == expected:
                 return out_dir
-    print(f"Writing {data_config.synthetic_per_class} synthetic images per class to {out_dir}")
+    console.say(f"Writing {data_config.synthetic_per_class} synthetic images per class to {out_dir}")
     synthetic.write_dataset(out_dir, data_config.synthetic_per_class, synthetic.DEFAULT_SIZE, seed=0)
     return out_dir
 
@@ -194,10 +202,11 @@ def _build(scanned: folder.Scan, settings: dict, data_dir: str, source_dir: str)
         for split, members in splits.items()
     }
     builder = SceneFolder(classes=scanned.classes, examples=examples, data_dir=data_dir)
-    builder.download_and_prepare(
-        download_dir=os.path.join(data_dir, "downloads"),
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-    )
+    with _quiet_tfds():
+        builder.download_and_prepare(
+            download_dir=os.path.join(data_dir, "downloads"),
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+        )
     shutil.rmtree(staging)
     shutil.rmtree(os.path.join(data_dir, "downloads"), ignore_errors=True)
     seconds = time.perf_counter() - start
@@ -230,14 +239,29 @@ def _check_decodable(scanned: folder.Scan, good: Sequence[folder.SourceFile]) ->
             )
 
 
+@contextlib.contextmanager
+def _quiet_tfds() -> Iterator[None]:
+    """tfds' own output while it writes the records, sent to the log: its bars and its printed
+    "Downloading and preparing dataset Unknown size" (nothing is downloaded; our bar covers the work)."""
+    printed = io.StringIO()
+    tfds.display_progress_bar(False)
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield
+    finally:
+        tfds.display_progress_bar(True)
+        for line in printed.getvalue().splitlines():
+            logging.info("tfds: %s", line)
+
+
 def _staged_path(staging: str, index: int) -> str:
     return os.path.join(staging, f"{index:07d}.jpg")
 
 
 def _convert_all(scanned: folder.Scan, shorter_side: int, staging: str) -> list[str | None]:
     """Converts every file with all cores; returns per file None (ok) or the reason it was skipped."""
-    progress = _Progress(len(scanned.files), "Decoding and resizing")
-    with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:  # Pillow releases the GIL
+    bar = console.progress(total=len(scanned.files), desc="Preparing data", unit="img")
+    with bar, concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:  # Pillow releases the GIL
         futures = [
             pool.submit(
                 _convert_one, os.path.join(scanned.root, f.path), shorter_side, _staged_path(staging, i)
@@ -246,9 +270,8 @@ def _convert_all(scanned: folder.Scan, shorter_side: int, staging: str) -> list[
         ]
         for future in concurrent.futures.as_completed(futures):
             future.result()  # re-raises unexpected failures (a full disk, say) at once
-            progress.advance()
+            bar.update()
         outcomes = [future.result() for future in futures]
-    progress.close()
     return outcomes
 
 
@@ -265,30 +288,6 @@ def _convert_one(path: str, shorter_side: int, out_path: str) -> str | None:
     with open(out_path, "wb") as f:
         f.write(images.encode_jpeg(image, _JPEG_QUALITY))
     return None
-
-
-class _Progress:
-    """A one-line progress counter on stderr (updated in place on a terminal, every 10% otherwise)."""
-
-    def __init__(self, total: int, label: str):
-        self._total, self._label, self._done = total, label, 0
-        self._start = time.perf_counter()
-        self._tty = sys.stderr.isatty()
-        self._last_tenth = -1
-
-    def advance(self) -> None:
-        self._done += 1
-        tenth = 10 * self._done // max(self._total, 1)
-        if self._tty or tenth != self._last_tenth:
-            self._last_tenth = tenth
-            rate = self._done / max(time.perf_counter() - self._start, 1e-9)
-            end = "\r" if self._tty else "\n"
-            line = f"{self._label}: {self._done}/{self._total} images ({rate:.0f}/s)"
-            print(line, end=end, file=sys.stderr)
-
-    def close(self) -> None:
-        if self._tty:
-            print(file=sys.stderr)
 
 
 def _write_report(report: dict, data_dir: str) -> None:

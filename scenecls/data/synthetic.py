@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from scenecls import console
+
 CLASSES = ("Buildings", "Cars", "Labs", "People", "Trees")
 MARKER = ".scenecls_synthetic.json"  # hidden, so dataset scans ignore it
 DEFAULT_SIZE = (120, 160)  # (height, width) around which image sizes vary
@@ -305,7 +307,8 @@ def write_dataset(
     shutil.rmtree(tmp_dir, ignore_errors=True)
     jobs = [(label, name, i) for label, name in enumerate(classes) for i in range(per_class)]
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
-        paths = list(pool.map(lambda job: _write_image(tmp_dir, *job, size=size, seed=seed), jobs))
+        written = pool.map(lambda job: _write_image(tmp_dir, *job, size=size, seed=seed), jobs)
+        paths = list(console.progress(written, total=len(jobs), desc="Writing synthetic scenes", unit="img"))
     files = {name: paths[label * per_class : (label + 1) * per_class] for label, name in enumerate(classes)}
     with open(os.path.join(tmp_dir, MARKER), "w") as f:
         json.dump(synthetic_marker(per_class, size, seed, classes), f)

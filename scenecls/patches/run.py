@@ -6,7 +6,6 @@ import glob
 import json
 import os
 import re
-import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -16,7 +15,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from scenecls import parallel
+from scenecls import console, parallel
 from scenecls.data.images import ImageError, has_image_extension, is_ignored, load_rgb
 from scenecls.patches.classifier import PatchClassifier
 from scenecls.patches.render import render, title
@@ -164,6 +163,7 @@ def infer_files(classifier: PatchClassifier, paths: Sequence[str], out_dir: str)
         os.makedirs(out_dir, exist_ok=True)
     rows = []
     names = output_names(paths)
+    bar = console.progress(total=len(paths), desc="Patch inference", unit="img")
     for first in range(0, len(paths), jax.process_count()):
         group = paths[first : first + jax.process_count()]
         mine = [_predict(classifier, path) for path in group[jax.process_index() :][:1]]
@@ -175,9 +175,11 @@ def infer_files(classifier: PatchClassifier, paths: Sequence[str], out_dir: str)
                 error = _write_result(result, os.path.join(out_dir, name))
             else:
                 error = ""
-            if error and parallel.is_primary():
-                print(f"FAILED {error}", file=sys.stderr)
+            if error:
+                console.say(f"FAILED {error}", error=True)
             rows.append(summary_row(result, path, name, error=error))
+        bar.update(len(group))
+    bar.close()
     return rows
 
 
@@ -198,12 +200,11 @@ def _write_result(result: dict[str, Any], out_path: str) -> str:
     except Exception as e:  # out of memory, a file changed since, a plotting bug: the JSON stands
         _discard(png_path, e)
         return f"{path}: overlay not drawn ({_failure_reason(e)}); {json_path} written"
-    print(
+    notes = "".join(f"\n  note: {note}" for note in result["notes"])
+    console.say(
         f"{path}: {title(result)}; {len(result['patches'])} patches in {result['seconds']:.2f}s "
-        f"-> {out_path}.json/.png"
+        f"-> {out_path}.json/.png{notes}"
     )
-    for note in result["notes"]:
-        print(f"  note: {note}")
     return ""
 
 
@@ -224,9 +225,8 @@ def run_inference(config: ml_collections.ConfigDict, workdir: str) -> int:
     paths, errors = expand_inputs(config.infer.inputs, exclude=out_dir)
     if not paths and not errors:
         raise ValueError("no inputs: set --config.infer.inputs=FILES,FOLDERS,GLOBS")
-    if parallel.is_primary():
-        for error in errors:
-            print(f"FAILED {error}", file=sys.stderr)
+    for error in errors:
+        console.say(f"FAILED {error}", error=True)
     if not paths:
         return 1
     classifier = PatchClassifier.from_workdir(workdir, config.patch)
@@ -234,8 +234,8 @@ def run_inference(config: ml_collections.ConfigDict, workdir: str) -> int:
     rows = infer_files(classifier, paths, out_dir)
     if len(paths) > 1 and parallel.is_primary():
         _write_csv(rows, classifier.classes, os.path.join(out_dir, "summary.csv"))
-        print(f"Summary of {len(paths)} images: {os.path.join(out_dir, 'summary.csv')}")
+        console.say(f"Summary of {len(paths)} images: {os.path.join(out_dir, 'summary.csv')}")
     failed = len(errors) + sum(1 for row in rows if row["error"])
-    if failed and parallel.is_primary():
-        print(f"{failed} input(s) failed", file=sys.stderr)
+    if failed:
+        console.say(f"{failed} input(s) failed", error=True)
     return 1 if failed else 0
