@@ -1,4 +1,4 @@
-"""The console a newcomer sees: bars on a terminal, summaries, no library chatter; full logs in the workdir."""
+"""What a newcomer sees: bars on a terminal, summaries, no library chatter; full logs in the workdir."""
 
 import os
 import pty
