@@ -1,6 +1,7 @@
 """The overlay picture of a patch-inference result: the photo under a class-coloured grid, legend, title."""
 
 import math
+import textwrap
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ _DPI = 100
 _MIN_FIGURE_WIDTH = 8.0  # inches: room for the title and the legend
 _MAX_IMAGE_INCHES = MAX_DRAWN_SIDE / _DPI  # the image area's longer side (see figure_size)
 _TEXT_INCHES = 1.2  # title (up to three lines) and legend
+_TITLE_CHARACTER_PX = 7  # about the width of a 10 pt character: title lines wrap to the figure's width
 _PAD_GREY = 160
 _MIN_CELL_FOR_LINES = 12  # drawn pixels per cell below which cell outlines would only add noise
 
@@ -127,7 +129,9 @@ def render(image: np.ndarray, result: dict[str, Any], path: str, max_side: int =
     ax = fig.add_subplot()
     ax.imshow(shown, interpolation="antialiased")
     ax.set_axis_off()
-    ax.set_title(figure_title(result, letterboxed=shown is not drawn), fontsize=10)
+    title_text = figure_title(result, letterboxed=shown is not drawn)
+    characters = int(fig_width * _DPI / _TITLE_CHARACTER_PX)
+    ax.set_title("\n".join(textwrap.fill(line, characters) for line in title_text.splitlines()), fontsize=10)
     colors = class_colors(len(result["classes"]))
     handles = [
         Patch(color=colors[c], label=f"{name} {result['coverage'][name]:.1%}")
