@@ -114,14 +114,20 @@ def test_stored_data_matches_the_report(messy, messy_source):
             assert abs(image.shape[0] / image.shape[1] - original[0] / original[1]) < 0.05  # aspect kept
 
 
-def test_report_files_and_printed_table(messy, messy_source, messy_workdir, capsys):
+def test_report_files_and_printed_table(messy, messy_source, messy_workdir, capsys, tmp_path):
     with open(os.path.join(messy.data_dir, "report.txt")) as f:
         text = f.read()
     assert "Skipped (not decodable): 4" in text and "Cars/zero.png: empty file (0 bytes)" in text
     assert "Files in test:" in text and messy.files["test"][0] in text
     builder.prepare(_data_config(messy_source), messy_workdir)
-    printed = capsys.readouterr().out
-    assert "Reusing prepared data" in printed
+    reused = capsys.readouterr().out  # reusing: one line, the table stays in report.txt
+    total = sum(map(sum, messy.counts.values()))
+    assert reused.splitlines() == [
+        f"Reusing prepared data {messy.data_dir} (source unchanged): {total} images of "
+        f"{len(messy.classes)} classes; table and file lists in report.txt there."
+    ]
+    builder.prepare(_data_config(messy_source, prepared_dir=str(tmp_path)), messy_workdir)
+    printed = capsys.readouterr().out  # preparing: the class x split table and what was left out
     assert "class" in printed and "validation" in printed and "Cars/notes.txt" in printed
 
 
