@@ -16,14 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scenecls import freeze, train
 from scenecls.config import default_config
 from scenecls.data import synthetic
-from scenecls.models import build_classifier
+from scenecls.models import build_classifier, lookup_variant
 from scenecls.patches import PatchClassifier
 from scenecls.patches.engines import SharedModel, classify_boxes, model_patch_fn
 from scenecls.patches.render import render
-from scenecls.preprocessing import mode_for_variant
+from scenecls.train import setup_stage
 
 CLASSES = synthetic.CLASSES
 HEIGHT, WIDTH = 896, 1344
@@ -50,17 +49,11 @@ def train_small_model(steps: int, batch_size: int = 16, seed: int = 0):
     overrides = {"variant": "torchvision", "stage_sizes": (1, 1, 1, 1), "width": 16, "head_filters": 32}
     config = default_config()  # exact patch mode, stride 112
     config.model.update(overrides, dropout_rate=0.3)
+    config.stage2.update(trainable=(".*",), train_batchnorm=True, learning_rate=2e-3)
     model = build_classifier(config.model, len(CLASSES))
     variables = jax.jit(model.init)(jax.random.PRNGKey(seed), jnp.zeros((1, 224, 224, 3)))
-    labels = freeze.param_labels(variables["params"], variables["batch_stats"], (".*",), train_batchnorm=True)
-    every_batchnorm = freeze.trainable_batchnorm(labels, variables["batch_stats"])
-    training_model = build_classifier(config.model, len(CLASSES), trainable_batchnorm=every_batchnorm)
-    state = train.create_train_state(training_model, variables, labels)
-    step = jax.jit(
-        lambda s, b, k: train.train_step(
-            s, b, jnp.float32(2e-3), k, jnp.ones(len(CLASSES)), preprocess_mode="torch"
-        )
-    )
+    stage = setup_stage(config, variables, "stage2", len(CLASSES))  # everything trains, BatchNorm too
+    state, class_weights = stage.state, jnp.ones(len(CLASSES))
     pool, pool_labels = _scene_pool(max(64, steps * batch_size // 8), 288, seed)
     rng = np.random.default_rng(seed + 1)
     start, correct, seen = time.perf_counter(), 0, 0
@@ -69,7 +62,8 @@ def train_small_model(steps: int, batch_size: int = 16, seed: int = 0):
         y, x = rng.integers(0, 288 - 224 + 1, (2, batch_size))
         crops = np.stack([pool[p, a : a + 224, b : b + 224] for p, a, b in zip(picks, y, x, strict=True)])
         crops = np.where(rng.random(batch_size)[:, None, None, None] < 0.5, crops[:, :, ::-1], crops)
-        state, metrics = step(state, {"image": crops, "label": pool_labels[picks]}, jax.random.PRNGKey(i))
+        batch = {"image": crops, "label": pool_labels[picks]}
+        state, metrics = stage.step(state, batch, jax.random.PRNGKey(i), class_weights)
         if i >= steps - 20:
             correct, seen = correct + int(metrics["correct"]), seen + batch_size
     print(
@@ -88,9 +82,9 @@ def _mask_labels(mask: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 def agreement(config, model, variables, composites: int, strides: tuple[int, ...]) -> dict[int, dict]:
     """Per stride: shared vs exact label agreement on shared mode's boxes, and accuracy against the masks."""
-    mode = mode_for_variant(config.model.variant)
-    shared = SharedModel(model, variables, config.image_size, mode)
-    patch_fn = model_patch_fn(model, variables, config.image_size, mode)
+    preprocessing = lookup_variant(config.model.variant).preprocessing
+    shared = SharedModel(model, variables, config.image_size, preprocessing)
+    patch_fn = model_patch_fn(model, variables, config.image_size, preprocessing)
     totals = {s: np.zeros(4) for s in strides}  # agree, exact correct, shared correct, count
     for seed in range(composites):
         image, mask, _ = synthetic.make_composite(HEIGHT, WIDTH, seed=100 + seed, regions=5, unit=UNIT)

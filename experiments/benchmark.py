@@ -6,7 +6,7 @@ process (so peak memory is per framework):
 
 - scenecls ``speed``: time to first stage-1 step with an empty (cold) persistent JAX compilation cache,
   stage-1 and stage-2 train steps on an in-memory batch, stage 1 fed by its real tf.data pipeline with the
-  paper's augmentation, evaluation (``evaluate.predict_split``), patch inference (``PatchClassifier``
+  paper's augmentation, evaluation (``evaluation.predict_split``), patch inference (``PatchClassifier``
   exact at stride 112, shared at 112 and 32), JAX matmul peak and the forward pass's FLOPs from XLA;
 - scenecls ``first_step``: the first step again in a fresh process with the now warm cache;
 - scenecls ``fit``: ``train.train_and_evaluate`` with stage 1 only, augmentation off, feature cache on;
@@ -20,7 +20,6 @@ each job's log (the end-to-end log has timestamped training lines) and its JSON 
 
 import argparse
 import datetime
-import functools
 import json
 import os
 import platform
@@ -40,12 +39,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from scenecls import evaluate, freeze, train
 from scenecls.config import default_config
 from scenecls.data import builder, pipeline, synthetic
-from scenecls.models import block_names, build_classifier
+from scenecls.evaluation import predict_split
+from scenecls.evaluation.evaluator import eval_step
+from scenecls.models import build_classifier, lookup_variant
 from scenecls.patches import PatchClassifier
-from scenecls.preprocessing import mode_for_variant
+from scenecls.train import initial_variables, setup_stage, train_and_evaluate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -74,13 +74,13 @@ PLANS = {
 }
 PATCH_MODES = (("exact", 112), ("shared", 112), ("shared", 32))
 DEFINITIONS = """\
-- Train steps: one stage's jitted `train.train_step` (scenecls, built as `train_and_evaluate` builds it:
+- Train steps: one stage's jitted train step (scenecls, from `train.setup_stage` as the trainer builds it:
   freeze labels, gradient boundary, metrics read every step) vs `model.train_on_batch` (Keras), on the
   same in-memory uint8 batch, after a warm-up step; no input pipeline.
 - Augmented stage 1: one epoch of each framework's real training input with the paper's augmentation:
   scenecls' tf.data `pipeline.train_batches` (decode, resize, affine, flip) feeding the step; Keras
   `ImageDataGenerator(...).flow` on in-memory arrays through `model.fit` (no JPEG decoding for Keras).
-- Evaluation: `evaluate.predict_split` vs `model.predict`, same images, after a warm-up batch.
+- Evaluation: `evaluation.predict_split` vs `model.predict`, same images, after a warm-up batch.
 - Patches: `PatchClassifier.predict` (the whole call: patches, whole-image class, summary) vs one
   `model.predict` per 224 px patch (the reference's loop), after a warm-up call.
 - Time to first step: from model construction to the first stage-1 step's result. scenecls in a process
@@ -114,29 +114,12 @@ def _record(results: dict, key: str, value: Any) -> None:
     print(f"{key}: {value}", flush=True)
 
 
-def _stage_step(config: ml_collections.ConfigDict, variables: dict, stage: str, num_classes: int):
-    """(state, jitted step) of a stage, built as ``train.train_and_evaluate`` builds them."""
-    labels = train.stage_labels(variables, config[stage])
-    boundary = freeze.gradient_boundary(labels, block_names(config.model.stage_sizes))
-    model = build_classifier(
-        config.model,
-        num_classes,
-        gradient_boundary=boundary,
-        trainable_batchnorm=freeze.trainable_batchnorm(labels, variables["batch_stats"]),
-    )
-    step = jax.jit(
-        functools.partial(train.train_step, preprocess_mode=mode_for_variant(config.model.variant)),
-        donate_argnums=0,
-    )
-    return train.create_train_state(model, variables, labels), step
-
-
-def _run_steps(state, step: Callable, batches, class_weights: jnp.ndarray) -> tuple[Any, int, float]:
+def run_steps(state, step: Callable, batches, class_weights: jnp.ndarray) -> tuple[Any, int, float]:
     """Runs ``step`` over ``batches`` reading each step's metrics as the trainer does; (state, images, s)."""
-    learning_rate, key = jnp.float32(1e-5), jax.random.PRNGKey(0)
+    key = jax.random.PRNGKey(0)
     images, start = 0, time.perf_counter()
     for batch in batches:
-        state, metrics = step(state, batch, learning_rate, key, class_weights)
+        state, metrics = step(state, batch, key, class_weights)
         images += int(jax.device_get(metrics)["count"])
     jax.block_until_ready(state)
     return state, images, time.perf_counter() - start
@@ -145,9 +128,9 @@ def _run_steps(state, step: Callable, batches, class_weights: jnp.ndarray) -> tu
 def _first_step(config: ml_collections.ConfigDict, batch: dict, num_classes: int) -> tuple[float, Any]:
     """Seconds from model construction to the first stage-1 step's result, and the initial variables."""
     start = time.perf_counter()
-    variables = train.initial_variables(config, num_classes)
-    state, step = _stage_step(config, variables, "stage1", num_classes)
-    _run_steps(state, step, [batch], jnp.ones((num_classes,)))
+    variables = initial_variables(config, num_classes)
+    stage = setup_stage(config, variables, "stage1", num_classes)
+    run_steps(stage.state, stage.step, [batch], jnp.ones((num_classes,)))
     return time.perf_counter() - start, variables
 
 
@@ -180,11 +163,11 @@ def _eval_batches(data: Any, count: int, batch_size: int) -> list[dict[str, np.n
     ]
 
 
-def _flops_per_image(model, variables: dict, batch: dict, preprocess_mode: str) -> float:
+def _flops_per_image(model, variables: dict, batch: dict, preprocessing: str) -> float:
     """FLOPs of one image's forward pass (the evaluation step), as XLA counts them."""
-    step = jax.jit(evaluate.eval_step, static_argnames=("model", "preprocess_mode"))
+    step = jax.jit(eval_step, static_argnames=("model", "preprocessing"))
     inputs = {key: batch[key] for key in ("image", "label", "mask")}
-    compiled = step.lower(variables, inputs, model=model, preprocess_mode=preprocess_mode).compile()
+    compiled = step.lower(variables, inputs, model=model, preprocessing=preprocessing).compile()
     analysis = compiled.cost_analysis()
     analysis = analysis[0] if isinstance(analysis, list | tuple) else analysis
     return float(analysis["flops"]) / len(batch["label"])
@@ -215,10 +198,10 @@ def scenecls_speed(plan: dict) -> dict:
     _use_compilation_cache(plan["jax_cache"])
     config = _config(plan)
     data = np.load(plan["data"])
-    num_classes, batch_size, mode = (
+    num_classes, batch_size, preprocessing = (
         int(data["num_classes"]),
         config.batch_size,
-        mode_for_variant(config.model.variant),
+        lookup_variant(config.model.variant).preprocessing,
     )
     batch = {"image": data["train_x"][:batch_size], "label": data["train_y"][:batch_size]}
     class_weights = jnp.asarray(data["class_weights"])
@@ -227,25 +210,28 @@ def scenecls_speed(plan: dict) -> dict:
     _record(results, "first_step_cold_s", seconds)
 
     for stage in ("stage1", "stage2"):
-        state, step = _stage_step(config, variables, stage, num_classes)
-        state, _, _ = _run_steps(state, step, [batch], class_weights)  # warm-up
-        state, images, seconds = _run_steps(state, step, [batch] * plan["steps"], class_weights)
+        stage_setup = setup_stage(config, variables, stage, num_classes)
+        step = stage_setup.step
+        state, _, _ = run_steps(stage_setup.state, step, [batch], class_weights)  # warm-up
+        state, images, seconds = run_steps(state, step, [batch] * plan["steps"], class_weights)
         _record(results, f"{stage}_step_img_s", images / seconds)
         if stage == "stage1":  # the real input pipeline: tf.data decoding and the paper's augmentation
             prepared = builder.prepare(config.data, plan["workdir"])
             batches = pipeline.train_batches(prepared, config, epoch=1)
-            state, images, seconds = _run_steps(state, step, batches, class_weights)
+            state, images, seconds = run_steps(state, step, batches, class_weights)
             _record(results, "stage1_augmented_img_s", images / seconds)
         del state  # frees the stage's optimizer state before the next
 
     model = build_classifier(config.model, num_classes)
     variables = jax.device_put(variables)  # on device once (train states took host copies: donation-safe)
     eval_batches = _eval_batches(data, plan["eval_images"], config.eval_batch_size)
-    evaluate.predict_split(model, variables, eval_batches[:1], mode)  # warm-up
+    predict_split(model, variables, eval_batches[:1], preprocessing)  # warm-up
     start = time.perf_counter()
-    evaluate.predict_split(model, variables, eval_batches, mode)
+    predict_split(model, variables, eval_batches, preprocessing)
     _record(results, "eval_img_s", plan["eval_images"] / (time.perf_counter() - start))
-    _record(results, "forward_flops_per_img", _flops_per_image(model, variables, eval_batches[0], mode))
+    _record(
+        results, "forward_flops_per_img", _flops_per_image(model, variables, eval_batches[0], preprocessing)
+    )
     _record(results, "jax_matmul_gflops", _matmul_gflops(jax.jit(jnp.dot)))
 
     classes = [str(c) for c in data["classes"]]
@@ -275,7 +261,7 @@ def scenecls_fit(plan: dict) -> dict:
     logging.use_absl_handler()  # timestamped INFO lines: the job's log shows where the time goes
     logging.set_verbosity(logging.INFO)
     start = time.perf_counter()
-    train.train_and_evaluate(config, workdir)
+    train_and_evaluate(config, workdir)
     seconds = time.perf_counter() - start
     with open(os.path.join(workdir, "history.json")) as f:
         epochs_run = len(json.load(f)["stage1"])

@@ -109,10 +109,9 @@ def differences(reference: str, workdir: str) -> list[str]:
 
 
 def _best_params(workdir: str) -> Any:
-    from scenecls import checkpoints
+    from scenecls.workdir import inference
 
-    manager = checkpoints.best_manager(workdir, checkpoints.final_stage(workdir))
-    return checkpoints.restore_state(manager, manager.latest_step())
+    return inference.best_variables(workdir, inference.final_stage(workdir))
 
 
 def _compare(a: Any, b: Any, path: str) -> list[str]:

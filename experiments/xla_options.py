@@ -23,11 +23,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from benchmark import _run_steps, _stage_step
+from benchmark import run_steps
 
-from scenecls import evaluate, train
 from scenecls.config import default_config
+from scenecls.evaluation import predict_split
 from scenecls.models import build_classifier
+from scenecls.train import initial_variables, setup_stage
 
 # (name, XLA_FLAGS, config.model.dtype)
 VARIANTS = (
@@ -58,19 +59,17 @@ def child(dtype: str, steps: int) -> dict[str, float]:
         "mask": np.ones((batch_size,), bool),
         "file": np.array([""] * batch_size),
     }
-    variables = train.initial_variables(config, num_classes)
+    variables = initial_variables(config, num_classes)
     model = build_classifier(config.model, num_classes)
-    evaluate.predict_split(model, variables, [batch], "caffe")  # warm-up
+    predict_split(model, variables, [batch], "caffe")  # warm-up
     rates = {
-        "forward": batch_size
-        * steps
-        / _seconds(evaluate.predict_split, model, variables, [batch] * steps, "caffe")
+        "forward": batch_size * steps / _seconds(predict_split, model, variables, [batch] * steps, "caffe")
     }
     for stage in ("stage1", "stage2"):
-        state, step = _stage_step(config, variables, stage, num_classes)
+        setup = setup_stage(config, variables, stage, num_classes)
         train_batch = {"image": batch["image"], "label": batch["label"]}
-        state, _, _ = _run_steps(state, step, [train_batch], jnp.ones((num_classes,)))  # warm-up
-        _, images, seconds = _run_steps(state, step, [train_batch] * steps, jnp.ones((num_classes,)))
+        state, _, _ = run_steps(setup.state, setup.step, [train_batch], jnp.ones((num_classes,)))  # warm-up
+        _, images, seconds = run_steps(state, setup.step, [train_batch] * steps, jnp.ones((num_classes,)))
         rates[stage] = images / seconds
         del state
     jax.clear_caches()

@@ -3,9 +3,11 @@
 Modes: ``train`` (prepare data, two-stage training, then test evaluation),
 ``evaluate`` (best checkpoint on the test split or --config.eval.source_dir),
 ``infer`` (patch-based major/secondary classes of --config.infer.inputs),
-``prepare`` (only build the dataset and print its report) and ``synth``
+``prepare`` (only build the dataset and print its report), ``synth``
 (write the synthetic demo dataset to <workdir>/synthetic_source,
-to see the expected folder layout).
+to see the expected folder layout) and ``convert`` (read --config.pretrained
+once, strictly, and write it as a checkpoint in <workdir>/backbone that
+loads fast: --config.pretrained=<workdir>/backbone).
 """
 
 import contextlib
@@ -23,7 +25,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for prepared data, checkpoints and outputs.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "infer", "prepare", "synth"], "What to do.")
+_MODE = flags.DEFINE_enum(
+    "mode", "train", ["train", "evaluate", "infer", "prepare", "synth", "convert"], "What to do."
+)
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed",
     False,
@@ -72,8 +76,14 @@ def _run_mode(config, workdir: str, mode: str) -> int:
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
-    from scenecls import config_check, demo, evaluate, parallel, patches, run_control, train, workdir_lock
+    from scenecls import config as config_lib
+    from scenecls import parallel
     from scenecls.data import builder
+    from scenecls.evaluation import evaluate
+    from scenecls.models import weights
+    from scenecls.patches import demo, run_inference
+    from scenecls.train import guard, train_and_evaluate
+    from scenecls.workdir import lock as workdir_lock
 
     logging.get_absl_handler().addFilter(_QuietLibraries())
     if _DISTRIBUTED.value:  # before anything touches a device
@@ -83,26 +93,27 @@ def _run_mode(config, workdir: str, mode: str) -> int:
     logging.info("JAX devices: %s", jax.devices())
     lock = contextlib.ExitStack()
     try:
-        config_check.validate(config)
-        if (
-            mode in ("train", "prepare", "synth") and parallel.is_primary()
-        ):  # evaluate and infer only read (see workdir_lock)
-            lock.enter_context(workdir_lock.locked(workdir))
+        config_lib.validate(config)
+        if mode in ("train", "prepare", "synth", "convert") and parallel.is_primary():
+            lock.enter_context(workdir_lock.locked(workdir))  # evaluate and infer only read (see lock)
         if mode == "train":
-            train.train_and_evaluate(config, workdir)
+            train_and_evaluate(config, workdir)
             if config.infer.demo_composites:
                 return demo.run_demo_inference(config, workdir)
         elif mode == "evaluate":
-            evaluate.evaluate(config, workdir)
+            evaluate(config, workdir)
         elif mode == "infer":
-            return patches.run_inference(config, workdir)
+            return run_inference(config, workdir)
         elif mode == "prepare":
             parallel.primary_first(lambda: builder.prepare(config.data, workdir))
         elif mode == "synth":
             if not config.data.synthetic_per_class:
                 raise ValueError("--mode=synth needs --config.data.synthetic_per_class=N (images per class)")
             print(f"Synthetic dataset in {builder.resolve_source_dir(config.data, workdir)}")
-    except run_control.Interrupted as e:  # SIGINT/SIGTERM: the state is saved; say how to resume.
+        elif mode == "convert":
+            destination = weights.convert(config.pretrained, os.path.join(workdir, "backbone"))
+            print(f"Wrote the backbone of {config.pretrained}: use --config.pretrained={destination}")
+    except guard.Interrupted as e:  # SIGINT/SIGTERM: the state is saved; say how to resume.
         print(f"scenecls: {e}", file=sys.stderr)
         return e.exit_status
     except (ValueError, OSError) as e:  # Expected failures (bad input) end with one line, not a traceback.

@@ -57,13 +57,13 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
-def check_divisible(batch_size: int, field: str, mesh: Mesh) -> None:
-    """Raises ValueError unless the global ``batch_size`` (config ``field``) splits evenly over devices."""
-    devices = mesh.devices.size
-    if batch_size % devices:
+def check_divisible(batch_size: int, field: str, parts: int, what: str = "devices") -> None:
+    """Raises ValueError unless the global ``batch_size`` (config ``field``) splits evenly into ``parts``
+    (the mesh's devices, or the processes feeding it)."""
+    if batch_size % parts:
         raise ValueError(
-            f"config.{field}={batch_size} is not divisible by the {devices} devices "
-            f"({jax.process_count()} processes); set --config.{field} to a multiple of {devices}"
+            f"config.{field}={batch_size} is not divisible by the {parts} {what}; "
+            f"set --config.{field} to a multiple of {parts}"
         )
 
 

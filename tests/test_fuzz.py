@@ -30,11 +30,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from scenecls import checkpoints
 from scenecls.data import builder
 from scenecls.data.images import MAX_PIXELS, ImageError, load_rgb
 from scenecls.models import build_classifier
 from scenecls.patches import run_inference
+from scenecls.workdir import checkpoints, run_files
 
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF")
 WATCHDOG_S = 30  # far above any single decode of these small inputs; only a hang reaches it
@@ -238,7 +238,7 @@ def test_patch_inference_reports_each_bad_file_and_classifies_the_good_ones(tmp_
     rng = np.random.default_rng(0)  # positive random values (valid BatchNorm variances), no init compile
     variables = jax.tree_util.tree_map(lambda s: rng.uniform(0.01, 0.1, s.shape).astype(s.dtype), shapes)
     workdir = str(tmp_path / "run")
-    checkpoints.write_run_files(workdir, tiny_config, classes)
+    run_files.write_run_files(workdir, tiny_config, classes)
     checkpoints.save(checkpoints.best_manager(workdir, "stage2"), 1, variables, {"stage": "stage2"})
     photos = tmp_path / "photos"
     os.makedirs(photos)

@@ -42,8 +42,9 @@ def _run(spec: dict) -> None:
 
     from conftest import load_config
 
-    from scenecls import checkpoints, train
+    from scenecls import train
     from scenecls.patches import PatchClassifier, run_inference
+    from scenecls.workdir import inference
 
     workdir, source = spec["workdir"], os.path.join(spec["data_from"], "synthetic_source")
     config = load_config("tiny")
@@ -61,7 +62,7 @@ def _run(spec: dict) -> None:
     shared.mode = "shared"
     image = os.path.join(source, "Labs", sorted(os.listdir(os.path.join(source, "Labs")))[0])
     shared_result = PatchClassifier.from_workdir(workdir, shared).predict(image)
-    params = checkpoints.load_for_inference(workdir).variables["params"]
+    params = inference.load_for_inference(workdir).variables["params"]
     if parallel.is_primary():
         flat = jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]
         np.savez(os.path.join(workdir, "params.npz"), **{jax.tree_util.keystr(k): v for k, v in flat})
@@ -198,9 +199,9 @@ def test_batch_size_must_divide_by_the_device_count():
     from scenecls import parallel
 
     eight = SimpleNamespace(devices=np.empty(8, object))
-    parallel.check_divisible(16, "batch_size", eight)
+    parallel.check_divisible(16, "batch_size", eight.devices.size)
     with pytest.raises(ValueError, match=r"config.eval_batch_size=12 is not divisible by the 8 devices"):
-        parallel.check_divisible(12, "eval_batch_size", eight)
+        parallel.check_divisible(12, "eval_batch_size", eight.devices.size)
 
 
 if __name__ == "__main__":

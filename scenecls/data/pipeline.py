@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from scenecls import parallel
 from scenecls.data.builder import PreparedData
 
 try:  # tf.data only: keep TensorFlow off the accelerators JAX uses.
@@ -37,6 +38,15 @@ def class_weights(train_counts: Sequence[int]) -> np.ndarray:
     counts = np.asarray(train_counts, dtype=np.float64)
     weights = np.divide(counts.sum(), len(counts) * counts, out=np.zeros_like(counts), where=counts > 0)
     return weights.astype(np.float32)
+
+
+def augments(augment: ml_collections.ConfigDict) -> bool:
+    """Whether ``config.augment`` changes training images at all."""
+    return _geometric(augment) or bool(augment.horizontal_flip)
+
+
+def _geometric(augment: ml_collections.ConfigDict) -> bool:
+    return bool(augment.rotation_degrees or augment.width_shift or augment.height_shift or augment.zoom)
 
 
 def steps_per_epoch(prepared: PreparedData, config: ml_collections.ConfigDict) -> int:
@@ -64,8 +74,7 @@ def train_batches(
     rows get the augmentation they get in a single-process run (parameters are drawn for the whole global
     batch), so the processes' batches put together are the single-process batch, whatever the count.
     """
-    if config.batch_size % process_count:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by {process_count} processes")
+    parallel.check_divisible(config.batch_size, "batch_size", process_count, "processes")
     shuffle_seed, augment_seed = epoch_seeds(config.seed, epoch)
     size = config.image_size
 
@@ -140,10 +149,7 @@ def eval_batches(
     total = sum(prepared.counts.get(split, []))
     if not total:
         raise ValueError(f"the {split!r} split of {prepared.data_dir} is empty; check data.split")
-    if config.eval_batch_size % process_count:
-        raise ValueError(
-            f"eval_batch_size {config.eval_batch_size} is not divisible by {process_count} processes"
-        )
+    parallel.check_divisible(config.eval_batch_size, "eval_batch_size", process_count, "processes")
     batch_size = config.eval_batch_size // process_count
     size = config.image_size
 
@@ -237,7 +243,7 @@ def _augment(
 
     height, width = images.shape[1], images.shape[2]
     seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 6))
-    if augment.rotation_degrees or augment.width_shift or augment.height_shift or augment.zoom:
+    if _geometric(augment):
 
         def uniform(key, limit, center=0.0):
             return draw(key, center - limit, center + limit)

@@ -3,11 +3,11 @@
 The classes differ in colour, shape and texture statistics (facades with window grids, parked cars on
 asphalt, bright labs with benches and monitors, crowds of people, foliage), so a small model learns them
 in minutes. Every texture is roughly stationary, so a patch cut from a region still shows its class: that
-is what the composites need for testing patch-based inference. Usage:
-``python -m scenecls.data.synthetic OUT_DIR --per_class 80`` writes ``OUT_DIR/<class>/*.jpg|png|...``.
+is what the composites need for testing patch-based inference. ``scenecls --mode=synth`` writes the demo's
+set into ``<workdir>/synthetic_source/<class>/*.jpg|png|...`` to show the expected folder layout. (One module
+of a little over 300 lines: five scene renderers and the writers that share them.)
 """
 
-import argparse
 import concurrent.futures
 import io
 import json
@@ -326,21 +326,3 @@ def synthetic_marker(per_class: int, size: Sequence[int], seed: int, classes: Se
         "seed": seed,
         "classes": list(classes),
     }
-
-
-def _main() -> None:
-    parser = argparse.ArgumentParser(description="Writes a synthetic 5-class scene dataset (class folders).")
-    parser.add_argument("out_dir")
-    parser.add_argument("--per_class", type=int, default=80)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--height", type=int, default=120)
-    parser.add_argument("--width", type=int, default=160)
-    args = parser.parse_args()
-    files = write_dataset(args.out_dir, args.per_class, (args.height, args.width), args.seed)
-    print(f"Wrote {sum(map(len, files.values()))} images to {args.out_dir}:")
-    for name, paths in files.items():
-        print(f"  {args.out_dir}/{name}/  {len(paths)} images, e.g. {paths[0]}")
-
-
-if __name__ == "__main__":
-    _main()

@@ -1,11 +1,17 @@
-"""Model zoo: ResNet-50 backbones, classification heads and their composition."""
+"""Models: ResNet-50 backbones (two variants), classification heads, their composition and preprocessing.
 
-from scenecls.models.classifier import Classifier
-from scenecls.models.factory import build_classifier
+Pretrained weights (Keras HDF5, torchvision/timm state dicts, converted checkpoints) load through
+``scenecls.models.weights``.
+"""
+
+from scenecls.models.classifier import DTYPES, HEADS, Classifier, build_classifier
 from scenecls.models.heads import GapHead, InceptionHead
-from scenecls.models.resnet import VARIANTS, ResNet50, block_names
+from scenecls.models.resnet import ResNet50, block_names
+from scenecls.models.variants import VARIANTS, lookup_variant
 
 __all__ = [
+    "DTYPES",
+    "HEADS",
     "VARIANTS",
     "Classifier",
     "GapHead",
@@ -13,4 +19,5 @@ __all__ = [
     "ResNet50",
     "block_names",
     "build_classifier",
+    "lookup_variant",
 ]

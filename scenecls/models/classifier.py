@@ -1,10 +1,17 @@
-"""Backbone + head classifier with separate entry points for features and head."""
+"""Backbone + head classifier with separate entry points for features and head, and its factory."""
+
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import ml_collections
 
 from scenecls.models.heads import GapHead, InceptionHead
 from scenecls.models.resnet import ResNet50
+from scenecls.models.variants import lookup_variant
+
+HEADS = ("inception", "gap")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class Classifier(nn.Module):
@@ -32,3 +39,45 @@ class Classifier(nn.Module):
     def classify(self, features: jnp.ndarray, train: bool = False, window: int | None = None) -> jnp.ndarray:
         """Head logits for a batch of feature maps, or for each ``window``-cell square of them."""
         return self.head(features, train=train, window=window)
+
+
+def build_classifier(
+    model_config: ml_collections.ConfigDict,
+    num_classes: int,
+    gradient_boundary: str | None = None,
+    trainable_batchnorm: Sequence[str] = (),
+) -> Classifier:
+    """Classifier for ``config.model`` (checked by ``scenecls.config.validate``) with ``num_classes`` outputs.
+
+    ``gradient_boundary`` is where backprop stops in the backbone and ``trainable_batchnorm`` the BatchNorm
+    layers that train (see ResNet50); the defaults suit evaluation and inference.
+    """
+    dtype = DTYPES[model_config.dtype]
+    backbone = ResNet50(
+        variant=model_config.variant,
+        stage_sizes=tuple(model_config.stage_sizes),
+        width=model_config.width,
+        dtype=dtype,
+        gradient_boundary=gradient_boundary,
+        trainable_batchnorm=tuple(trainable_batchnorm),
+    )
+    kernel_init = lookup_variant(model_config.variant).head_kernel_init
+    if model_config.head == "inception":
+        head = InceptionHead(
+            num_classes=num_classes,
+            filters=model_config.head_filters,
+            kernel_sizes=tuple(model_config.head_kernel_sizes),
+            dropout_rate=model_config.dropout_rate,
+            dtype=dtype,
+            kernel_init=kernel_init,
+        )
+    elif model_config.head == "gap":
+        head = GapHead(
+            num_classes=num_classes,
+            dropout_rate=model_config.dropout_rate,
+            dtype=dtype,
+            kernel_init=kernel_init,
+        )
+    else:
+        raise ValueError(f"model.head must be one of {HEADS}, got {model_config.head!r}")
+    return Classifier(backbone=backbone, head=head)

@@ -6,13 +6,12 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-# Kernel initialisers of a head's convolutions and dense layer (biases start at zero): Keras'
-# glorot_uniform, as in the reference, for heads on the keras variant; Flax's lecun_normal otherwise.
+# Kernel initialisers of a head's convolutions and dense layer (biases start at zero); each backbone
+# variant names its own (scenecls.models.variants).
 KERNEL_INITS = {
     "glorot_uniform": nn.initializers.glorot_uniform(),
     "lecun_normal": nn.initializers.lecun_normal(),
 }
-KERNEL_INIT_OF_VARIANT = {"keras": "glorot_uniform", "torchvision": "lecun_normal"}
 
 
 class InceptionHead(nn.Module):

@@ -1,4 +1,4 @@
-"""ResNet-50 backbones in the layouts of Keras (v1) and torchvision/timm (v1.5).
+"""ResNet-50 backbones in the layouts of Keras (v1) and torchvision/timm (v1.5) (see variants.py).
 
 Both variants share Keras' layer names (``conv2_block1_1_conv`` ...), so weight
 conversion tables and freeze rules read the same whatever the weights' origin.
@@ -12,13 +12,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-VARIANTS = ("keras", "torchvision")
+from scenecls.models.variants import lookup_variant
+
 STAGE_NAMES = ("conv2", "conv3", "conv4", "conv5")
 FEATURE_STRIDE = 32
-
-# Per-variant numerics: Keras' BatchNorm epsilon and conv bias differ from torch's.
-_BN_EPSILON = {"keras": 1.001e-5, "torchvision": 1e-5}
-_CONV_BIAS = {"keras": True, "torchvision": False}
 
 
 class Conv1x1(nn.Module):
@@ -115,17 +112,16 @@ class ResNet50(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"unknown ResNet variant {self.variant!r}; expected one of {VARIANTS}")
+        family = lookup_variant(self.variant)
         if x.shape[1] < FEATURE_STRIDE or x.shape[2] < FEATURE_STRIDE:
             raise ValueError(f"input must be at least {FEATURE_STRIDE}x{FEATURE_STRIDE}, got {x.shape[1:3]}")
-        use_bias = _CONV_BIAS[self.variant]
+        use_bias = family.conv_bias
 
         def norm(name: str) -> nn.BatchNorm:
             return nn.BatchNorm(
                 use_running_average=not (train and name in self.trainable_batchnorm),
-                momentum=0.99 if self.variant == "keras" else 0.9,
-                epsilon=_BN_EPSILON[self.variant],
+                momentum=family.batchnorm_momentum,
+                epsilon=family.batchnorm_epsilon,
                 dtype=self.dtype,
                 name=name,
             )
@@ -154,7 +150,7 @@ class ResNet50(nn.Module):
                     filters=self.width * 2**stage,
                     strides=2 if stage > 0 and block == 0 else 1,
                     project_shortcut=block == 0,
-                    v1_stride=self.variant == "keras",
+                    v1_stride=family.v1_stride,
                     use_bias=use_bias,
                     norm=norm,
                     dtype=self.dtype,

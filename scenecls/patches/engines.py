@@ -33,10 +33,11 @@ from jax.sharding import PartitionSpec as P
 from scenecls import parallel
 from scenecls.data.images import resize
 from scenecls.models import Classifier
+from scenecls.models.preprocessing import preprocess
 from scenecls.models.resnet import FEATURE_STRIDE
 from scenecls.patches.grid import patch_grid
-from scenecls.preprocessing import preprocess
 
+MODES = ("exact", "shared")
 # uint8 patches (n, size, size, 3) -> class probabilities (n, num_classes).
 PatchFn = Callable[[np.ndarray], Any]
 SHARED_MAX_PIXELS = 4096 * 3072  # 12.6 Mpx: a 4000x3000 photo peaks at about 5 GB (ResNet-50, float32, CPU)
@@ -52,17 +53,11 @@ class Analysis(NamedTuple):
     notes: tuple[str, ...] = ()
 
 
-def _chunks(n: int, chunk_size: int) -> range:
-    if chunk_size < 1:
-        raise ValueError(f"patch.chunk_size must be >= 1, got {chunk_size}")
-    return range(0, n, chunk_size)
-
-
 def classify_boxes(image: np.ndarray, boxes: np.ndarray, patch_fn: PatchFn, chunk_size: int) -> np.ndarray:
     """Probabilities (n, num_classes) of equal-sized square integer ``boxes`` of ``image``, chunk by chunk."""
     size = int(boxes[0, 2] - boxes[0, 0]) if len(boxes) else 0
     outputs = []
-    for start in _chunks(len(boxes), chunk_size):
+    for start in range(0, len(boxes), chunk_size):
         chunk_boxes = boxes[start : start + chunk_size]
         chunk = np.zeros((chunk_size, size, size, 3), np.uint8)  # new: the device may still read the last
         for i, (x0, y0, x1, y1) in enumerate(chunk_boxes):
@@ -79,18 +74,18 @@ def analyse_exact(image: np.ndarray, patch_fn: PatchFn, size: int, stride: int, 
 
 
 def _classify_patch(
-    model: Classifier, image_size: int, preprocess_mode: str, variables: Any, patch: jnp.ndarray
+    model: Classifier, image_size: int, preprocessing: str, variables: Any, patch: jnp.ndarray
 ) -> jnp.ndarray:
     """Class probabilities of one uint8 (s, s, 3) patch, resized to the model's input size if needed."""
     x = patch.astype(jnp.float32)
     if x.shape[:2] != (image_size, image_size):
         x = jax.image.resize(x, (image_size, image_size, 3), "bilinear")
-    logits = model.apply(variables, preprocess(x, preprocess_mode)[None])[0]
+    logits = model.apply(variables, preprocess(x, preprocessing)[None])[0]
     return jax.nn.softmax(logits.astype(jnp.float32))
 
 
 def model_patch_fn(
-    model: Classifier, variables: Any, image_size: int, preprocess_mode: str, mesh: Mesh | None = None
+    model: Classifier, variables: Any, image_size: int, preprocessing: str, mesh: Mesh | None = None
 ) -> PatchFn:
     """The exact-mode patch function of a model: one jitted function, vmapped over a chunk of patches.
 
@@ -99,7 +94,7 @@ def model_patch_fn(
     """
     mesh = mesh or parallel.create_mesh(jax.local_devices())
     batched = jax.jit(
-        jax.vmap(functools.partial(_classify_patch, model, image_size, preprocess_mode), in_axes=(None, 0))
+        jax.vmap(functools.partial(_classify_patch, model, image_size, preprocessing), in_axes=(None, 0))
     )
     variables = parallel.replicate(mesh, variables)
     sharding, devices = parallel.batch_sharded(mesh), mesh.devices.size
@@ -119,7 +114,7 @@ def device_multiple(chunk_size: int) -> int:
 
 def _window_probs(
     model: Classifier,
-    preprocess_mode: str,
+    preprocessing: str,
     window: int,
     rows: NamedSharding,
     variables: Any,
@@ -131,7 +126,7 @@ def _window_probs(
     and dense layer are per window (one pooling pass). The feature map is split by rows over the devices
     of ``rows``, so the head's windows are spread across them (XLA exchanges the overlapping borders).
     """
-    features = model.apply(variables, preprocess(image[None], preprocess_mode), method=Classifier.features)
+    features = model.apply(variables, preprocess(image[None], preprocessing), method=Classifier.features)
     features = jax.lax.with_sharding_constraint(features, rows)
     logits = model.apply(variables, features, window=window, method=Classifier.classify)[0]
     return jax.nn.softmax(logits.astype(jnp.float32))
@@ -145,7 +140,7 @@ class SharedModel:
         model: Classifier,
         variables: Any,
         image_size: int,
-        preprocess_mode: str,
+        preprocessing: str,
         max_pixels: int = SHARED_MAX_PIXELS,
         mesh: Mesh | None = None,
     ):
@@ -159,7 +154,7 @@ class SharedModel:
         self.window = image_size // FEATURE_STRIDE
         rows = NamedSharding(mesh, P(None, parallel.AXIS))
         self._window_probs = jax.jit(
-            functools.partial(_window_probs, model, preprocess_mode, self.window, rows)
+            functools.partial(_window_probs, model, preprocessing, self.window, rows)
         )
 
     def model_scale_size(self, height: int, width: int, patch_size: int) -> tuple[tuple[int, int], list[str]]:

@@ -17,7 +17,7 @@ from absl import logging
 
 from scenecls import console, parallel
 from scenecls.data.images import ImageError, has_image_extension, is_ignored, load_rgb
-from scenecls.patches.classifier import PatchClassifier
+from scenecls.patches.patch_classifier import PatchClassifier
 from scenecls.patches.render import render, title
 
 
@@ -103,7 +103,7 @@ def to_json(result: dict[str, Any]) -> str:
     return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
-def summary_row(result: dict[str, Any] | None, path: str, name: str, error: str = "") -> dict[str, Any]:
+def csv_row(result: dict[str, Any] | None, path: str, name: str, error: str = "") -> dict[str, Any]:
     """One summary.csv row; failed files keep their row with the error."""
     row = {"file": path, "output": name, "major": "", "secondary": "", "whole_image": "", "error": error}
     if result:
@@ -149,7 +149,7 @@ def _predict(classifier: PatchClassifier, path: str) -> dict[str, Any]:
 
 
 def infer_files(classifier: PatchClassifier, paths: Sequence[str], out_dir: str) -> list[dict[str, Any]]:
-    """Writes ``<name>.json`` and ``<name>.png`` per file, prints a line each; returns the summary rows.
+    """Writes ``<name>.json`` and ``<name>.png`` per file, prints a line each; returns the summary.csv rows.
 
     In a multi-process run the processes take one file each per round (process p: files p, p + P, ...);
     each round's results are gathered and only process 0 writes and prints. Any failure with one file
@@ -177,7 +177,7 @@ def infer_files(classifier: PatchClassifier, paths: Sequence[str], out_dir: str)
                 error = ""
             if error:
                 console.say(f"FAILED {error}", error=True)
-            rows.append(summary_row(result, path, name, error=error))
+            rows.append(csv_row(result, path, name, error=error))
         bar.update(len(group))
     bar.close()
     return rows

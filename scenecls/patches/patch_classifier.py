@@ -1,0 +1,157 @@
+"""``PatchClassifier``: major and secondary classes of any photo, for the CLI and for embedding."""
+
+import functools
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from scenecls import config as config_lib
+from scenecls.data.images import load_rgb, resize
+from scenecls.models import Classifier, lookup_variant
+from scenecls.patches.coverage import tally
+from scenecls.patches.engines import (
+    Analysis,
+    PatchFn,
+    SharedModel,
+    analyse_exact,
+    device_multiple,
+    model_patch_fn,
+)
+from scenecls.patches.grid import prepare_image
+from scenecls.workdir import load_for_inference
+
+# uint8 image (H, W, 3) -> class probabilities (num_classes,).
+ImageFn = Callable[[np.ndarray], np.ndarray]
+Analyser = Callable[[np.ndarray], Analysis]
+
+
+def _whole_image_probs(patch_fn: PatchFn, size: int, image: np.ndarray) -> np.ndarray:
+    """Probabilities of the whole image squeezed to one ``size`` square."""
+    return np.asarray(patch_fn(resize(image, size, size)[None]))[0]
+
+
+class PatchClassifier:
+    """Classifies every patch of an image and reports coverage, major and secondary classes.
+
+    Build it with ``from_workdir`` (a trained run), ``from_model`` or ``from_patch_fn`` (any function
+    from uint8 patches to probabilities, e.g. an oracle in tests); ``predict`` returns the JSON fields.
+    """
+
+    def __init__(
+        self,
+        classes: Sequence[str],
+        patch_config: ml_collections.ConfigDict,
+        analyse: Analyser,
+        whole_image: ImageFn,
+    ):
+        """Low-level: ``analyse`` maps a prepared image to patch probabilities, ``whole_image`` to one."""
+        config_lib.validate_patch(patch_config)
+        self.classes = tuple(classes)
+        self.patch_config = patch_config
+        self._analyse, self._whole_image = analyse, whole_image
+
+    @classmethod
+    def from_patch_fn(
+        cls,
+        patch_fn: PatchFn,
+        classes: Sequence[str],
+        patch_config: ml_collections.ConfigDict,
+        whole_image: ImageFn | None = None,
+        chunk_size: int | None = None,
+    ) -> "PatchClassifier":
+        """Exact mode with an injected patch function; the whole image defaults to one squeezed patch.
+
+        Patches go to ``patch_fn`` ``chunk_size`` at a time (default ``patch_config.chunk_size``).
+        """
+        if patch_config.mode == "shared":
+            raise ValueError("shared mode needs a model (from_model); a patch function supports only 'exact'")
+        size = patch_config.size
+        analyse = functools.partial(
+            analyse_exact,
+            patch_fn=patch_fn,
+            size=size,
+            stride=patch_config.stride,
+            chunk_size=chunk_size or patch_config.chunk_size,
+        )
+        whole_image = whole_image or functools.partial(_whole_image_probs, patch_fn, size)
+        return cls(classes, patch_config, analyse, whole_image)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Classifier,
+        variables: Any,
+        classes: Sequence[str],
+        config: ml_collections.ConfigDict,
+        patch_config: ml_collections.ConfigDict | None = None,
+    ) -> "PatchClassifier":
+        """A model trained with ``config`` (its image_size and variant); patches per ``patch_config``.
+
+        ``patch_config`` defaults to ``config.patch``. The work of an image is spread over this process's
+        devices: exact mode's chunks (rounded up to a multiple of their count), shared mode's windows.
+        """
+        patch_config = config.patch if patch_config is None else patch_config
+        preprocessing, image_size = lookup_variant(config.model.variant).preprocessing, config.image_size
+        patch_fn = model_patch_fn(model, variables, image_size, preprocessing)
+        whole_image = functools.partial(_whole_image_probs, patch_fn, image_size)
+        if patch_config.mode != "shared":
+            chunk_size = device_multiple(patch_config.chunk_size)
+            return cls.from_patch_fn(patch_fn, classes, patch_config, whole_image, chunk_size)
+        shared = SharedModel(model, variables, image_size, preprocessing)
+        analyse = functools.partial(shared.analyse, size=patch_config.size, stride=patch_config.stride)
+        return cls(classes, patch_config, analyse, whole_image)
+
+    @classmethod
+    def from_workdir(
+        cls, workdir: str, patch_config: ml_collections.ConfigDict | None = None
+    ) -> "PatchClassifier":
+        """The best checkpoint of a trained workdir, its classes; ``patch_config`` default: the run's."""
+        trained = load_for_inference(workdir)
+        return cls.from_model(trained.model, trained.variables, trained.classes, trained.config, patch_config)
+
+    def predict(self, image_or_path: str | os.PathLike | np.ndarray) -> dict[str, Any]:
+        """Patch predictions, coverage, major/secondary and whole-image class of one image.
+
+        Accepts a path (any format ``load_rgb`` reads; raises its ``ImageError``) or a uint8 (H, W, 3)
+        array. Boxes are in the original image's pixels.
+        """
+        start = time.perf_counter()
+        if isinstance(image_or_path, np.ndarray):
+            path, image = None, image_or_path
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+                raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+        else:
+            path = os.fspath(image_or_path)
+            image = load_rgb(path)
+        config = self.patch_config
+        prepared, notes = prepare_image(image, config.size, config.image_scale)
+        analysis = self._analyse(prepared)
+        whole = self._whole_image(image)
+        counts = tally(analysis.probs, self.classes, config.secondary_threshold)
+        height, width = image.shape[:2]
+        scale = np.array([width / prepared.shape[1], height / prepared.shape[0]] * 2)
+        boxes = np.clip(np.rint(analysis.boxes * scale), 0, [width, height] * 2).astype(int)
+        patches = [
+            {"box": box.tolist(), "class": self.classes[label], "confidence": float(probs[label])}
+            for box, label, probs in zip(boxes, counts["labels"], analysis.probs, strict=True)
+        ]
+        return {
+            "image": path,
+            "width": width,
+            "height": height,
+            "classes": list(self.classes),
+            "patch": {"size": config.size, "stride": config.stride, "mode": config.mode},
+            "grid": {"rows": analysis.rows, "cols": analysis.cols},
+            "patches": patches,
+            "coverage": counts["coverage"],
+            "prob_coverage": counts["prob_coverage"],
+            "major": counts["major"],
+            "secondary": counts["secondary"],
+            "whole_image": {"class": self.classes[int(whole.argmax())], "confidence": float(whole.max())},
+            "seconds": time.perf_counter() - start,
+            "notes": notes + list(analysis.notes),
+        }

@@ -1,0 +1,23 @@
+"""Two-stage transfer learning.
+
+Modules: ``loop`` (``train_and_evaluate`` sequences the stages, ``run_stage`` runs one), ``stage``
+(``setup_stage``: what a stage trains, its model, state and jitted step), ``step`` (TrainState and the train
+step), ``optim`` (freeze rules, the gradient boundary and the masked optax transform), ``schedule`` (early
+stopping, reduce-LR-on-plateau), ``guard`` (checkpoints, signals, non-finite losses), ``feature_cache``
+(frozen-backbone features computed once) and ``history`` (history.json, curves, TensorBoard).
+"""
+
+from scenecls.train.loop import train_and_evaluate
+from scenecls.train.stage import Stage, initial_variables, setup_stage
+from scenecls.train.step import TrainState, create_train_state, train_step, weighted_cross_entropy
+
+__all__ = [
+    "Stage",
+    "TrainState",
+    "create_train_state",
+    "initial_variables",
+    "setup_stage",
+    "train_and_evaluate",
+    "train_step",
+    "weighted_cross_entropy",
+]
