@@ -64,6 +64,10 @@ def load_rgb(source: str | os.PathLike | bytes, draft_shorter_side: int | None =
         # some as warnings (corrupt EXIF), which are exceptions when warnings are errors (python -W error).
         reason = " ".join(str(e).split()) or type(e).__name__
         raise ImageError(f"{name}: corrupt or truncated image data ({reason})") from None
+    except (TypeError, AttributeError, IndexError, KeyError, ZeroDivisionError, OverflowError) as e:
+        # Plugins' own bugs on hostile data (a garbled TIFF tag gives "'IFDRational' object cannot be
+        # interpreted as an integer"): still just an undecodable file.
+        raise ImageError(f"{name}: corrupt image data ({type(e).__name__}: {e})") from None
 
 
 def _decode(f: BinaryIO, draft_shorter_side: int | None) -> np.ndarray:

@@ -188,3 +188,15 @@ def test_200_megapixel_phone_photo_passes_the_size_guard(tmp_path):
     with pytest.raises(images.ImageError) as error:
         images.load_rgb(tmp_path / "phone.png")
     assert "truncated" in str(error.value)  # it got as far as decoding: no size refusal
+
+
+def test_a_decoder_bug_on_garbled_data_is_an_image_error(tmp_path):
+    """A TIFF with one flipped bit in a tag makes Pillow's plugin raise TypeError; load_rgb names the file."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((28, 40, 3), 90, np.uint8)).save(buffer, format="TIFF")
+    data = bytearray(buffer.getvalue())
+    data[72] ^= 1  # the bit the fuzz test found, in a tag of the image file directory
+    path = tmp_path / "garbled.tif"
+    path.write_bytes(bytes(data))
+    with pytest.raises(images.ImageError, match=r"garbled\.tif: corrupt image data \(TypeError"):
+        images.load_rgb(str(path))
