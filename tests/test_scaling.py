@@ -16,6 +16,8 @@ import tempfile
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # trains tiny runs end to end, or several processes (minutes in all)
+
 TESTS = os.path.dirname(os.path.abspath(__file__))
 # Summation order differs with the device count (gradients reduced across devices), nothing else:
 # parameters after the tiny run's 10 steps agree to about 2e-6 (measured); metrics to float32 rounding.

@@ -100,13 +100,19 @@ def test_composite_regions_show_their_class():
     assert greenness[1] > greenness[0] + 20
 
 
-def test_cli_writes_the_layout(tmp_path):
-    out = tmp_path / "demo"
+def test_cli_synth_mode_writes_the_layout(tmp_path):
+    from conftest import REPO
+
+    command = [sys.executable, "-m", "scenecls.main", "--config=configs/tiny.py", "--mode=synth"]
     result = subprocess.run(
-        [sys.executable, "-m", "scenecls.data.synthetic", str(out), "--per_class", "2"],
+        [*command, f"--workdir={tmp_path}", "--config.data.synthetic_per_class=2"],
+        cwd=REPO,
         capture_output=True,
         text=True,
-        check=True,
+        timeout=300,
     )
-    assert "Wrote 10 images" in result.stdout
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "synthetic_source"
+    assert f"Synthetic dataset in {out}" in result.stdout
     assert sorted(os.listdir(out)) == sorted([synthetic.MARKER, *synthetic.CLASSES])
+    assert sum(len(os.listdir(out / name)) for name in synthetic.CLASSES) >= 10

@@ -61,6 +61,7 @@ def _run(config, workdir, cache: bool):
     return metrics, history, best
 
 
+@pytest.mark.slow
 def test_cached_stage1_equals_training_on_images(tiny_config, tmp_path, monkeypatch):
     config = _no_augmentation(tiny_config)
     config.stage1.epochs, config.stage2.epochs = 3, 0

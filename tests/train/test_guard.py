@@ -14,6 +14,8 @@ from scenecls.data import builder, pipeline
 from scenecls.train import guard
 from scenecls.workdir import checkpoints
 
+pytestmark = pytest.mark.slow  # trains tiny runs end to end (minutes in all)
+
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory):

@@ -11,6 +11,8 @@ from flax import traverse_util
 from scenecls import train
 from scenecls.workdir import checkpoints, inference
 
+pytestmark = pytest.mark.slow  # trains tiny runs end to end (minutes in all)
+
 EVAL_FILES = ("metrics.json", "predictions.csv", "confusion_matrix.png", "roc.png")
 
 

@@ -143,7 +143,7 @@ def test_restore_into_a_target_uses_its_structure(tmp_path):
     workdir = str(tmp_path)
     _two_checkpoints(workdir)
     target = {"params": {"w": np.zeros(300, np.float32), "b": np.zeros(7, np.float32)}}
-    restored = checkpoints.restore_latest(checkpoints.latest_manager(workdir), lambda meta: target)
+    restored = checkpoints.restore_latest(checkpoints.latest_manager(workdir), lambda meta, version: target)
     assert restored.step == 2 and restored.state["params"]["b"][0] == 2
 
 
@@ -335,6 +335,7 @@ def _fault_injection():
     return module
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_path):
     """SIGKILLs at seeded random moments, one during a checkpoint write; reruns end where a clean run does."""
     fi = _fault_injection()
