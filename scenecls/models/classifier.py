@@ -7,34 +7,45 @@ import jax.numpy as jnp
 import ml_collections
 
 from scenecls.models.heads import GapHead, InceptionHead
-from scenecls.models.resnet import ResNet50
+from scenecls.models.resnet import OUTPUT, ResNet50
 from scenecls.models.variants import lookup_variant
 
 HEADS = ("inception", "gap")
+IMAGES = "images"  # Classifier.inputs of a model applied to images
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class Classifier(nn.Module):
     """Preprocessed NHWC images -> class logits.
 
-    ``features`` and ``classify`` are separate entry points (use with
-    ``apply(..., method=...)``) so patch inference can run the backbone once
-    and the head on many windows of its feature map.
+    ``features``, ``activations`` and ``classify`` are separate entry points (use with
+    ``apply(..., method=...)``) so patch inference can run the backbone once and the head on many windows
+    of its feature map, and training can start from activations cached at a point of the backbone.
     """
 
     backbone: ResNet50
     head: InceptionHead | GapHead
-    # "features": inputs are already the backbone's feature maps (a feature cache); the backbone is skipped.
-    inputs: str = "images"
+    # "images", or the backbone point (a block name, or resnet.OUTPUT) whose activations the inputs are
+    # (a cache at a stage's gradient boundary): the layers in front of it are skipped.
+    inputs: str = IMAGES
 
     def __call__(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         """Logits; ``train`` enables dropout and trains the backbone's ``trainable_batchnorm`` layers."""
-        features = images if self.inputs == "features" else self.backbone(images, train=train)
+        if self.inputs == OUTPUT:
+            features = images
+        else:
+            start = None if self.inputs == IMAGES else self.inputs
+            features = self.backbone(images, train=train, start=start)
         return self.head(features, train=train)
 
     def features(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         """The backbone's final feature map (N, H/32, W/32, C)."""
         return self.backbone(images, train=train)
+
+    def activations(self, images: jnp.ndarray, point: str) -> jnp.ndarray:
+        """The activations entering backbone ``point`` (a block name, or OUTPUT: the final map), inference
+        mode."""
+        return self.backbone(images, stop=point)
 
     def classify(self, features: jnp.ndarray, train: bool = False, window: int | None = None) -> jnp.ndarray:
         """Head logits for a batch of feature maps, or for each ``window``-cell square of them."""

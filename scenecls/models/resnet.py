@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from scenecls.models.variants import lookup_variant
 
 STAGE_NAMES = ("conv2", "conv3", "conv4", "conv5")
+OUTPUT = "output"  # the backbone's final feature map, as a point (after the last block)
 FEATURE_STRIDE = 32
 
 
@@ -111,9 +112,21 @@ class ResNet50(nn.Module):
     trainable_batchnorm: Sequence[str] = ()
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    def __call__(
+        self, x: jnp.ndarray, train: bool = False, start: str | None = None, stop: str = OUTPUT
+    ) -> jnp.ndarray:
+        """The backbone, or the part of it between two points.
+
+        ``start``: ``x`` is the input of this block (e.g. activations cached there) and the layers in
+        front of it are skipped; ``OUTPUT`` returns ``x`` as the final map. ``stop``: return the input of
+        this block instead of the final map. Points are block names (``block_names``) or ``OUTPUT``.
+        """
         family = lookup_variant(self.variant)
-        if x.shape[1] < FEATURE_STRIDE or x.shape[2] < FEATURE_STRIDE:
+        blocks = block_names(self.stage_sizes)
+        for point in (start, stop):
+            if point is not None and point != OUTPUT and point not in blocks:
+                raise ValueError(f"unknown backbone point {point!r}; expected {OUTPUT!r} or a block name")
+        if start is None and (x.shape[1] < FEATURE_STRIDE or x.shape[2] < FEATURE_STRIDE):
             raise ValueError(f"input must be at least {FEATURE_STRIDE}x{FEATURE_STRIDE}, got {x.shape[1:3]}")
         use_bias = family.conv_bias
 
@@ -127,21 +140,28 @@ class ResNet50(nn.Module):
             )
 
         x = x.astype(self.dtype)
-        x = nn.Conv(
-            self.width,
-            (7, 7),
-            strides=2,
-            padding=((3, 3), (3, 3)),
-            use_bias=use_bias,
-            dtype=self.dtype,
-            name="conv1_conv",
-        )(x)
-        x = nn.relu(norm(name="conv1_bn")(x))
-        # Symmetric padding of 1; after ReLU, -inf and zero padding agree.
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        if start is None:
+            x = nn.Conv(
+                self.width,
+                (7, 7),
+                strides=2,
+                padding=((3, 3), (3, 3)),
+                use_bias=use_bias,
+                dtype=self.dtype,
+                name="conv1_conv",
+            )(x)
+            x = nn.relu(norm(name="conv1_bn")(x))
+            # Symmetric padding of 1; after ReLU, -inf and zero padding agree.
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        running = start is None
         for stage, (stage_name, num_blocks) in enumerate(zip(STAGE_NAMES, self.stage_sizes, strict=False)):
             for block in range(num_blocks):
                 block_name = f"{stage_name}_block{block + 1}"
+                running = running or block_name == start
+                if not running:
+                    continue
+                if block_name == stop:
+                    return x
                 if block_name == self.gradient_boundary:
                     x = jax.lax.stop_gradient(x)
                 x = bottleneck(
@@ -155,7 +175,7 @@ class ResNet50(nn.Module):
                     norm=norm,
                     dtype=self.dtype,
                 )
-        if self.gradient_boundary == "output":
+        if self.gradient_boundary == OUTPUT:
             x = jax.lax.stop_gradient(x)
         return x
 
