@@ -109,9 +109,9 @@ def differences(reference: str, workdir: str) -> list[str]:
 
 
 def _best_params(workdir: str) -> Any:
-    from scenecls.workdir import inference
+    from scenecls.workdir import checkpoints, inference
 
-    return inference.best_variables(workdir, inference.final_stage(workdir))
+    return checkpoints.best_variables(workdir, inference.final_stage(workdir))
 
 
 def _compare(a: Any, b: Any, path: str) -> list[str]:

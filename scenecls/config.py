@@ -25,7 +25,7 @@ _MISSING = object()
 #   conv5_block3 (10 layers each) and conv5_block1's last 3 (3_bn, add, out: no weighted layer);
 # - gap: the head's 2 layers (pooling, dense), conv5_block2/3 and conv5_block1's last 8 (2_bn, 2_relu,
 #   0_conv, 3_conv, 0_bn, 3_bn, add, out), so also conv5_block1's 0_conv and 3_conv.
-# tests/test_freeze.py checks both against tf_keras' ResNet50 layer list.
+# tests/train/test_optim.py checks both against tf_keras' ResNet50 layer list.
 _LAST_30_LAYERS = {
     "inception": ("^head/", "^backbone/conv5_block2_", "^backbone/conv5_block3_"),
     "gap": (
@@ -88,7 +88,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     config.class_weights = True  # inverse-frequency weights in the loss
     # Stage 1 with no augmentation: run the frozen backbone once per image and train the head on stored
-    # features (same results, a fraction of the cost; see scenecls/feature_cache.py).
+    # features (same results, a fraction of the cost; see scenecls/train/feature_cache.py).
     config.cache_features = True
 
     # Two-stage transfer learning. `trainable` is an ordered list of regexes

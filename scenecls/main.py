@@ -111,7 +111,14 @@ def _run_mode(config, workdir: str, mode: str) -> int:
                 raise ValueError("--mode=synth needs --config.data.synthetic_per_class=N (images per class)")
             print(f"Synthetic dataset in {builder.resolve_source_dir(config.data, workdir)}")
         elif mode == "convert":
-            destination = weights.convert(config.pretrained, os.path.join(workdir, "backbone"))
+            destination = os.path.join(workdir, "backbone")
+            if config.pretrained in ("", "none"):
+                raise ValueError(
+                    "--mode=convert needs --config.pretrained=SOURCE (a weights file or keras:imagenet)"
+                )
+            if os.path.exists(destination):
+                raise ValueError(f"{destination} already exists; move it away or use another --workdir")
+            weights.convert(config.pretrained, destination)
             print(f"Wrote the backbone of {config.pretrained}: use --config.pretrained={destination}")
     except guard.Interrupted as e:  # SIGINT/SIGTERM: the state is saved; say how to resume.
         print(f"scenecls: {e}", file=sys.stderr)

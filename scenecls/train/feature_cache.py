@@ -113,29 +113,18 @@ def remove(workdir: str) -> None:
     shutil.rmtree(os.path.join(workdir, CACHE_DIR), ignore_errors=True)
 
 
-def stage_inputs(
+def cached_inputs(
     config: ml_collections.ConfigDict,
     stage: Stage,
     variables: Any,
     prepared: PreparedData,
     workdir: str,
 ) -> tuple[Stage, Callable[[int], Iterator], Callable[[], Iterator]]:
-    """The stage as it trains, its training batches of an epoch and its validation batches.
+    """The stage on cached features, its training batches of an epoch and its validation batches.
 
-    On cached features when that is exact (see ``unusable_reason``; the features are computed here, with
-    the stage's frozen backbone), else on images through the input pipeline.
+    Runs the stage's frozen backbone once over the training and validation splits (call it only when
+    ``unusable_reason`` is None).
     """
-    reason = unusable_reason(config, stage.name, stage.boundary) or (
-        "a multi-process run" if jax.process_count() > 1 else None
-    )
-    if reason:
-        logging.info("%s: training on images (no feature cache: %s)", stage.name, reason)
-        process = (jax.process_index(), jax.process_count())
-        return (
-            stage,
-            lambda epoch: pipeline.train_batches(prepared, config, epoch, *process),
-            lambda: pipeline.eval_batches(prepared, "validation", config, *process),
-        )
     logging.info("%s: frozen backbone and no augmentation, caching its features once", stage.name)
     directory = os.path.join(workdir, CACHE_DIR)
     cached = {

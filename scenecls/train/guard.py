@@ -86,6 +86,7 @@ class StageGuard:
     progress: StageProgress
     history: dict[str, list[dict[str, Any]]]
     latest: ocp.CheckpointManager
+    best: ocp.CheckpointManager  # the stage's best model
     stop: StopRequests
     timer: SaveTimer
     max_nonfinite_steps: int

@@ -16,8 +16,10 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import Mesh
 
@@ -31,7 +33,6 @@ from scenecls.train.schedule import EpochPosition, StageProgress, update_progres
 from scenecls.train.stage import Stage, initial_variables, restore_target, setup_stage, upgrade_state
 from scenecls.train.step import TrainState
 from scenecls.workdir import checkpoints, run_files
-from scenecls.workdir.inference import best_variables
 
 
 class RunData(NamedTuple):
@@ -53,7 +54,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         parallel.check_divisible(config[field], field, mesh.devices.size)
     data = prepare_run(config, workdir)
     num_classes = len(data.prepared.classes)
-    resume = restore_run(config, workdir, num_classes, mesh)
+    latest = checkpoints.latest_manager(workdir)
+    resume = restore_run(config, latest, num_classes, mesh)
     records = resume.meta["history"] if resume else {}
     variables, epoch_offset = None, 0
     tensorboard = history.TensorBoard(os.path.join(workdir, "tensorboard"))
@@ -66,11 +68,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if variables is None:  # the first stage to run: the previous stage's best when resuming
                 resumed = index > 0 and resume is not None
                 variables = (
-                    best_variables(workdir, STAGES[index - 1])
+                    checkpoints.best_variables(workdir, STAGES[index - 1])
                     if resumed
                     else initial_variables(config, num_classes)
                 )
-            context = _StageRun(config, workdir, data, mesh, stop, tensorboard, records, epoch_offset)
+            context = StageRun(config, workdir, data, mesh, stop, tensorboard, latest, records, epoch_offset)
             variables = run_stage(context, stage, variables, resume if _resumes(resume, stage) else None)
             epoch_offset += config[stage].epochs
             resume = None
@@ -101,17 +103,17 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> RunData:
 
 
 def restore_run(
-    config: ml_collections.ConfigDict, workdir: str, num_classes: int, mesh: Mesh
+    config: ml_collections.ConfigDict, latest: ocp.CheckpointManager, num_classes: int, mesh: Mesh
 ) -> checkpoints.Restored | None:
-    """The newest intact resumable checkpoint of the workdir, restored onto ``mesh`` (None: start afresh)."""
+    """The newest intact resumable checkpoint in ``latest``, restored onto ``mesh`` (None: start afresh)."""
     return checkpoints.restore_latest(
-        checkpoints.latest_manager(workdir),
+        latest,
         lambda meta, version: restore_target(config, num_classes, meta["stage"], mesh, version),
     )
 
 
 @dataclasses.dataclass
-class _StageRun:
+class StageRun:
     """What every stage of a run shares."""
 
     config: ml_collections.ConfigDict
@@ -120,20 +122,19 @@ class _StageRun:
     mesh: Mesh
     stop: StopRequests
     tensorboard: history.TensorBoard
+    latest: ocp.CheckpointManager  # the resumable states
     records: dict[str, list[dict[str, Any]]]  # the run's history, per stage
     epoch_offset: int  # epochs of the stages before this one (checkpoints count global steps)
 
 
 def run_stage(
-    run: _StageRun, name: str, variables: dict[str, Any], resume: checkpoints.Restored | None
+    run: StageRun, name: str, variables: dict[str, Any], resume: checkpoints.Restored | None
 ) -> dict[str, Any]:
     """Trains stage ``name`` from ``variables`` (or from ``resume``); returns its best variables."""
     config = run.config
     stage = setup_stage(config, variables, name, len(run.data.prepared.classes), run.mesh)
     console.say(f"{name}: up to {config[name].epochs} epochs, {stage.trains}")
-    stage, train_batches, val_batches = feature_cache.stage_inputs(
-        config, stage, variables, run.data.prepared, run.workdir
-    )
+    stage, train_batches, val_batches = _stage_inputs(run, stage, variables)
     state, progress, position = _starting_point(stage, config[name], resume)
     records = run.records.setdefault(name, [])
     guard = StageGuard(
@@ -142,7 +143,8 @@ def run_stage(
         steps=run.data.steps,
         progress=progress,
         history=run.records,
-        latest=checkpoints.latest_manager(run.workdir),
+        latest=run.latest,
+        best=checkpoints.best_manager(run.workdir, name),
         stop=run.stop,
         timer=SaveTimer(config.checkpoint_every_minutes),
         max_nonfinite_steps=config.max_nonfinite_steps,
@@ -152,7 +154,27 @@ def run_stage(
         position = EpochPosition()
     logging.info("%s", history.stage_table(name, records, progress))
     feature_cache.remove(run.workdir)
-    return best_variables(run.workdir, name)
+    return checkpoints.best_variables(run.workdir, name)
+
+
+def _stage_inputs(
+    run: StageRun, stage: Stage, variables: dict[str, Any]
+) -> tuple[Stage, Callable[[int], Iterator], Callable[[], Iterator]]:
+    """The stage as it trains, its training batches of an epoch and its validation batches: on cached
+    features when that is exact (feature_cache.unusable_reason), else on images through the input pipeline."""
+    config, prepared = run.config, run.data.prepared
+    reason = feature_cache.unusable_reason(config, stage.name, stage.boundary) or (
+        "a multi-process run" if jax.process_count() > 1 else None
+    )
+    if reason is None:
+        return feature_cache.cached_inputs(config, stage, variables, prepared, run.workdir)
+    logging.info("%s: training on images (no feature cache: %s)", stage.name, reason)
+    process = (jax.process_index(), jax.process_count())
+    return (
+        stage,
+        lambda epoch: pipeline.train_batches(prepared, config, epoch, *process),
+        lambda: pipeline.eval_batches(prepared, "validation", config, *process),
+    )
 
 
 def _starting_point(
@@ -179,7 +201,7 @@ def _starting_point(
 
 
 def _run_epoch(
-    run: _StageRun,
+    run: StageRun,
     stage: Stage,
     state: TrainState,
     position: EpochPosition,
@@ -211,8 +233,7 @@ def _run_epoch(
     run.records[name].append(record)
     improved = update_progress(progress, record[config.early_stopping.metric], config, epochs)
     if improved:
-        best = checkpoints.best_manager(run.workdir, name)
-        checkpoints.save(best, global_epoch, variables, {"stage": name, "epoch": epoch, **record})
+        checkpoints.save(guard.best, global_epoch, variables, {"stage": name, "epoch": epoch, **record})
     console.say(_epoch_line(name, epochs, record, improved))
     run.tensorboard.scalars(global_epoch, {f"{name}/{k}": v for k, v in record.items() if k != "epoch"})
     guard.save(state, EpochPosition(), epoch + 1)
@@ -235,7 +256,7 @@ def _train_epoch(
     stage: Stage,
     batches: Iterator[dict[str, jax.Array]],
     position: EpochPosition,
-    run: _StageRun,
+    run: StageRun,
     bar: history.EpochBar,
     guard: StageGuard,
 ) -> tuple[TrainState, dict[str, float]]:
@@ -246,7 +267,7 @@ def _train_epoch(
     """
     dropout_key = jax.random.fold_in(jax.random.PRNGKey(run.config.seed), STAGES.index(stage.name))
     start, count_at_start = time.perf_counter(), position.totals["count"]
-    class_weights = jax.numpy.asarray(run.data.class_weights)
+    class_weights = jnp.asarray(run.data.class_weights)
     for batch in itertools.islice(batches, position.step, None):
         state, metrics = stage.step(state, batch, dropout_key, class_weights)
         metrics = jax.device_get(metrics)

@@ -25,8 +25,8 @@ from typing import Any
 
 import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from absl import logging
 
@@ -150,16 +150,11 @@ def make_optimizer(labels: Any, learning_rate: float) -> optax.GradientTransform
     )
 
 
-def learning_rate(opt_state: Any) -> Any:
-    """The learning rate a ``make_optimizer`` state applies."""
-    return opt_state[1].hyperparams["learning_rate"]
-
-
 def set_learning_rate(opt_state: Any, value: float) -> Any:
     """A ``make_optimizer`` state that applies ``value`` from the next step on."""
     schedule = opt_state[1]
     rate = schedule.hyperparams["learning_rate"]
-    new_rate = jnp.asarray(value, rate.dtype)
-    if isinstance(rate, jax.Array):  # keep the state's placement (replicated over a mesh)
-        new_rate = jax.device_put(new_rate, rate.sharding)
+    new_rate = np.asarray(value, rate.dtype)
+    if isinstance(rate, jax.Array):  # the state's placement (replicated over the mesh), with no collective
+        new_rate = jax.make_array_from_callback(new_rate.shape, rate.sharding, lambda index: new_rate[index])
     return (opt_state[0], schedule._replace(hyperparams={**schedule.hyperparams, "learning_rate": new_rate}))

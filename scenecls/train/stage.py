@@ -16,8 +16,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from scenecls import parallel
-from scenecls.models import Classifier, block_names, build_classifier, lookup_variant
-from scenecls.models import weights as pretrained
+from scenecls.models import Classifier, block_names, build_classifier, lookup_variant, weights
 from scenecls.train import optim
 from scenecls.train.step import TrainState, checkpoint_tree, create_train_state, train_step
 
@@ -49,7 +48,9 @@ class Stage(NamedTuple):
         )
 
 
-def init_variables(model_config: ml_collections.ConfigDict, num_classes: int, image_size: int, seed: int):
+def init_variables(
+    model_config: ml_collections.ConfigDict, num_classes: int, image_size: int, seed: int
+) -> dict[str, Any]:
     """Freshly initialised classifier variables (host arrays)."""
     model = build_classifier(model_config, num_classes)
     variables = jax.jit(functools.partial(_init, model, image_size))(jax.random.PRNGKey(seed))
@@ -68,13 +69,13 @@ def initial_variables(config: ml_collections.ConfigDict, num_classes: int) -> di
             "No pretrained weights (config.pretrained='none'): the backbone starts from random init."
         )
         return variables
-    weights_variant = pretrained.weights_variant(config.pretrained)
+    weights_variant = weights.weights_variant(config.pretrained)
     if weights_variant != config.model.variant:
         raise ValueError(
             f"{config.pretrained}: weights are for the {weights_variant!r} ResNet variant but "
             f"config.model.variant={config.model.variant!r}; set --config.model.variant={weights_variant}"
         )
-    return pretrained.merge_backbone(variables, pretrained.load_backbone(config.pretrained))
+    return weights.merge_backbone(variables, weights.load_backbone(config.pretrained))
 
 
 def setup_stage(

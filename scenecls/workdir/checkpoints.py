@@ -222,8 +222,15 @@ def restore_latest(
 
 
 def check_version(version: Any, path: str) -> None:
+    """Raises WorkdirError when ``path`` was written by a newer scenecls (format version above ours)."""
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise WorkdirError(
             f"{path}: written by a newer scenecls (format version {version!r}, this one reads up to "
             f"{FORMAT_VERSION}); upgrade scenecls or use another --workdir"
         )
+
+
+def best_variables(workdir: str, stage: str) -> dict[str, Any]:
+    """The best params and batch_stats of a finished stage, as host arrays."""
+    manager = best_manager(workdir, stage)
+    return jax.device_get(restore_state(manager, manager.latest_step()))

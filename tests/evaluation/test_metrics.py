@@ -208,7 +208,7 @@ def test_duplicate_class_names_are_refused():
         metrics.compute_metrics(np.array([0, 1]), np.full((2, 2), 0.5), ("a", "a"))
 
 
-def test_format_report_lists_summary_and_classes():
+def test_format_metrics_lists_summary_and_classes():
     labels, probs = tiny_case()
     text = metrics.format_metrics(metrics.compute_metrics(labels, probs, CLASSES))
     assert "accuracy        0.6667" in text and "top-2 accuracy  0.8333" in text

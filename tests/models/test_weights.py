@@ -22,8 +22,7 @@ from PIL import Image
 from sklearn.datasets import load_sample_image
 
 from scenecls.config import default_config
-from scenecls.models import ResNet50, build_classifier
-from scenecls.models import weights as pretrained
+from scenecls.models import ResNet50, build_classifier, weights
 from scenecls.models.preprocessing import preprocess
 from scenecls.models.weights import cache
 from scenecls.models.weights.strict import backbone_shapes
@@ -31,7 +30,7 @@ from scenecls.models.weights.strict import backbone_shapes
 tf.config.set_visible_devices([], "GPU")
 import tf_keras  # noqa: E402  (after hiding GPUs from TensorFlow)
 
-WeightsError = pretrained.WeightsError
+WeightsError = weights.WeightsError
 KERAS_NOTOP_COUNT = 23_587_712  # Keras' ResNet50(include_top=False).count_params(), BN statistics included.
 INCEPTION_HEAD_COUNT_5 = 9_177_349
 RELATIVE_TOLERANCE = 1e-4
@@ -98,7 +97,7 @@ def keras_notop(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def notop_variables(keras_notop):
-    return pretrained.load_backbone(str(keras_notop[1]))
+    return weights.load_backbone(str(keras_notop[1]))
 
 
 def test_keras_notop_matches_keras(keras_notop, notop_variables, keras_forward, photos):
@@ -117,7 +116,7 @@ def test_keras_with_top_backbone_matches_keras(tmp_path, keras_forward, photos):
     _randomize_keras(model, seed=2)
     model.save_weights(str(tmp_path / "top.h5"))
     backbone = tf_keras.Model(model.input, model.get_layer("conv5_block3_out").output)
-    variables = pretrained.load_backbone(str(tmp_path / "top.h5"))
+    variables = weights.load_backbone(str(tmp_path / "top.h5"))
     x = preprocess(photos, "caffe")
     error = _relative_error(keras_forward(variables, x), backbone(x, training=False))
     print(f"\nKeras with-top max abs error / max |ref|: {error:.2e}")
@@ -218,7 +217,7 @@ def torch_files(torch_model, tmp_path_factory):
 
 
 def test_torchvision_matches_torch_reference(torch_model, torch_files, photos):
-    variables = pretrained.load_backbone(str(torch_files[0]))
+    variables = weights.load_backbone(str(torch_files[0]))
     x = preprocess(photos, "torch")
     with torch.no_grad():
         reference = torch_model(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
@@ -226,17 +225,17 @@ def test_torchvision_matches_torch_reference(torch_model, torch_files, photos):
     error = _relative_error(ours, reference.transpose(0, 2, 3, 1))
     print(f"\ntorchvision max abs error / max |ref|: {error:.2e}")
     assert error <= RELATIVE_TOLERANCE
-    from_pth = pretrained.load_backbone(str(torch_files[1]))
+    from_pth = weights.load_backbone(str(torch_files[1]))
     assert jax.tree.all(jax.tree.map(np.array_equal, from_pth, variables))
 
 
 def test_weights_variant(torch_files, keras_notop):
-    assert pretrained.weights_variant(pretrained.KERAS_IMAGENET) == "keras"
-    assert pretrained.weights_variant(str(keras_notop[1])) == "keras"
-    assert pretrained.weights_variant(str(torch_files[0])) == "torchvision"
-    assert pretrained.weights_variant(str(torch_files[1])) == "torchvision"
+    assert weights.weights_variant(weights.KERAS_IMAGENET) == "keras"
+    assert weights.weights_variant(str(keras_notop[1])) == "keras"
+    assert weights.weights_variant(str(torch_files[0])) == "torchvision"
+    assert weights.weights_variant(str(torch_files[1])) == "torchvision"
     with pytest.raises(WeightsError, match="unknown weights source"):
-        pretrained.weights_variant("weights.npz")
+        weights.weights_variant("weights.npz")
 
 
 def test_torch_state_dict_prefix_and_extra_keys(torch_model):
@@ -315,7 +314,7 @@ EXTRA = "extra: conv6_block1_1_conv/conv6_block1_1_conv/kernel:0 (1, 1, 2048, 51
 def test_strict_loading_lists_every_problem(keras_notop, tmp_path, edits, messages):
     path = _edited_copy(keras_notop[1], tmp_path / "edited.h5", lambda f: [edit(f) for edit in edits])
     with pytest.raises(WeightsError) as error:
-        pretrained.load_backbone(path)
+        weights.load_backbone(path)
     message = str(error.value)
     assert message.startswith(f"{path} (keras ResNet-50): {len(messages)} problem(s):")
     for expected in messages:
@@ -327,7 +326,7 @@ def test_truncated_h5(keras_notop, tmp_path):
     shutil.copy(keras_notop[1], path)
     os.truncate(path, path.stat().st_size // 2)
     with pytest.raises(WeightsError, match=f"^{path}: cannot read HDF5 file .*truncated"):
-        pretrained.load_backbone(str(path))
+        weights.load_backbone(str(path))
 
 
 @pytest.mark.parametrize(
@@ -342,7 +341,7 @@ def test_corrupt_files(tmp_path, name, reason):
     path = tmp_path / name
     path.write_bytes(np.random.default_rng(5).bytes(4096))
     with pytest.raises(WeightsError, match=f"^{path}: {reason}") as error:
-        pretrained.load_backbone(str(path))
+        weights.load_backbone(str(path))
     assert "\n" not in str(error.value)
 
 
@@ -352,24 +351,24 @@ def test_wrong_architecture_h5(tmp_path):
     with pytest.raises(
         WeightsError, match="wrong architecture, none of its 2 tensors fits .*dense_a/kernel:0"
     ):
-        pretrained.load_backbone(str(tmp_path / "dense.h5"))
+        weights.load_backbone(str(tmp_path / "dense.h5"))
 
 
 def test_h5_that_is_not_keras_weights(tmp_path):
     with h5py.File(tmp_path / "plain.h5", "w") as file:
         file["x"] = np.zeros(3)
     with pytest.raises(WeightsError, match="not a Keras weights file .no 'layer_names'"):
-        pretrained.load_backbone(str(tmp_path / "plain.h5"))
+        weights.load_backbone(str(tmp_path / "plain.h5"))
     with h5py.File(tmp_path / "keras3.h5", "w") as file:
         file.create_group("layers")
         file.create_group("vars")
     with pytest.raises(WeightsError, match="Keras 3 '.weights.h5'.*model.save"):
-        pretrained.load_backbone(str(tmp_path / "keras3.h5"))
+        weights.load_backbone(str(tmp_path / "keras3.h5"))
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(WeightsError, match="no such file"):
-        pretrained.load_backbone(str(tmp_path / "absent.h5"))
+        weights.load_backbone(str(tmp_path / "absent.h5"))
 
 
 # keras:imagenet: cache lookup and download, with the network replaced by fakes.
@@ -384,7 +383,7 @@ def test_keras_imagenet_without_cache_or_network(tmp_path, monkeypatch):
     monkeypatch.setattr(cache, "download_url", _no_network)
     target = tmp_path / "keras" / "models" / cache.KERAS_RESNET50_NOTOP.name
     with pytest.raises(WeightsError) as error:
-        pretrained.load_backbone("keras:imagenet")
+        weights.load_backbone("keras:imagenet")
     message = str(error.value)
     assert "no network" in message and f"place it at {target}" in message
     assert cache.KERAS_RESNET50_NOTOP.url in message and cache.KERAS_RESNET50_NOTOP.md5 in message
@@ -397,7 +396,7 @@ def test_keras_imagenet_bad_checksum(tmp_path, monkeypatch):
         cache, "download_url", lambda url, destination: destination.write_bytes(b"not weights")
     )
     with pytest.raises(WeightsError, match="md5 .* expected 4d473c1dd8becc155b73f8504c6f6626"):
-        pretrained.load_backbone("keras:imagenet")
+        weights.load_backbone("keras:imagenet")
     assert list((tmp_path / "models").iterdir()) == []
 
 
@@ -408,7 +407,7 @@ def test_keras_imagenet_uses_cached_file(keras_notop, notop_variables, tmp_path,
     assert cache.keras_cache_dir() == tmp_path / ".keras" / "models"
     cache.keras_cache_dir().mkdir(parents=True)
     (cache.keras_cache_dir() / cache.KERAS_RESNET50_NOTOP.name).symlink_to(keras_notop[1])
-    variables = pretrained.load_backbone("keras:imagenet")
+    variables = weights.load_backbone("keras:imagenet")
     assert jax.tree.all(jax.tree.map(np.array_equal, variables, notop_variables))
 
 
@@ -429,12 +428,12 @@ def test_download_verifies_and_caches(tmp_path):
 
 
 def test_convert_round_trip_and_cli(keras_notop, notop_variables, torch_files, tmp_path):
-    converted = pretrained.convert(str(keras_notop[1]), tmp_path / "keras_ckpt")
-    assert pretrained.weights_variant(str(converted)) == "keras"
-    restored = pretrained.load_backbone(str(converted))
+    converted = weights.convert(str(keras_notop[1]), tmp_path / "keras_ckpt")
+    assert weights.weights_variant(str(converted)) == "keras"
+    restored = weights.load_backbone(str(converted))
     assert jax.tree.all(jax.tree.map(np.array_equal, restored, notop_variables))
     with pytest.raises(WeightsError, match="already exists"):
-        pretrained.convert(str(keras_notop[1]), converted)
+        weights.convert(str(keras_notop[1]), converted)
 
     convert = [
         sys.executable,
@@ -448,14 +447,14 @@ def test_convert_round_trip_and_cli(keras_notop, notop_variables, torch_files, t
     done = subprocess.run(convert, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"--config.pretrained={tmp_path / 'torch_run' / 'backbone'}" in done.stdout
-    assert pretrained.weights_variant(str(tmp_path / "torch_run" / "backbone")) == "torchvision"
+    assert weights.weights_variant(str(tmp_path / "torch_run" / "backbone")) == "torchvision"
     again = subprocess.run(convert, cwd=REPO, capture_output=True, text=True, timeout=300)
     errors = [line for line in again.stderr.splitlines() if line.startswith("scenecls: error:")]
-    assert again.returncode == 1 and len(errors) == 1 and "already exists" in errors[0]
+    assert again.returncode == 1 and len(errors) == 1 and "already exists; move it away" in errors[0]
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(WeightsError, match="not a converted backbone checkpoint"):
-        pretrained.load_backbone(str(tmp_path / "empty"))
+        weights.load_backbone(str(tmp_path / "empty"))
 
 
 def _classifier_variables(model_config, fill: float):
@@ -469,7 +468,7 @@ def _classifier_variables(model_config, fill: float):
 
 def test_merge_backbone(notop_variables, tiny_config):
     variables = _classifier_variables(default_config().model, fill=0.5)
-    merged = pretrained.merge_backbone(variables, notop_variables)
+    merged = weights.merge_backbone(variables, notop_variables)
     assert jax.tree.all(
         jax.tree.map(
             np.array_equal, {c: merged[c]["backbone"] for c in ("params", "batch_stats")}, notop_variables
@@ -480,4 +479,4 @@ def test_merge_backbone(notop_variables, tiny_config):
         WeightsError,
         match="shape mismatch: params/conv1_conv/kernel .* file .7, 7, 3, 64. vs model .7, 7, 3, 8.",
     ):
-        pretrained.merge_backbone(_classifier_variables(tiny_config.model, fill=0.0), notop_variables)
+        weights.merge_backbone(_classifier_variables(tiny_config.model, fill=0.0), notop_variables)

@@ -91,15 +91,15 @@ def test_stride_larger_than_patch_is_refused():
         patch_grid(300, 300, 64, 65)
 
 
-def test_summarize_coverage_threshold_and_order():
+def test_tally_coverage_threshold_and_order():
     classes = ("a", "b", "c", "d")
     labels = [0] * 10 + [2] * 6 + [1] * 3 + [3]  # 20 patches: a 50%, c 30%, b 15%, d 5%
     probs = np.eye(4)[labels] * 0.7 + 0.075
-    summary = tally(probs, classes, threshold=0.05)
-    assert summary["coverage"] == pytest.approx({"a": 0.5, "b": 0.15, "c": 0.3, "d": 0.05})
-    assert sum(summary["prob_coverage"].values()) == pytest.approx(1.0)
-    assert summary["major"] == "a"
-    assert [s["class"] for s in summary["secondary"]] == ["c", "b"]  # d's 5% is not above the threshold
+    counts = tally(probs, classes, threshold=0.05)
+    assert counts["coverage"] == pytest.approx({"a": 0.5, "b": 0.15, "c": 0.3, "d": 0.05})
+    assert sum(counts["prob_coverage"].values()) == pytest.approx(1.0)
+    assert counts["major"] == "a"
+    assert [s["class"] for s in counts["secondary"]] == ["c", "b"]  # d's 5% is not above the threshold
     assert [s["class"] for s in tally(probs, classes, threshold=0.04)["secondary"]] == ["c", "b", "d"]
     assert [s["class"] for s in tally(probs, classes, threshold=0.2)["secondary"]] == ["c"]
     tie = tally(np.array([[0.6, 0.4], [0.3, 0.7]]), ("x", "y"), threshold=0.05)

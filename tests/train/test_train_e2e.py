@@ -99,7 +99,7 @@ def _same_data(config, workdir):
 
 def test_interrupted_between_epochs_then_resumed_equals_uninterrupted(trained, tmp_path, monkeypatch):
     """SIGINT during stage 1's first validation: epoch 1 is saved, the run stops, and re-running it ends
-    exactly where the uninterrupted run did (the mid-epoch case is in test_train_guard.py)."""
+    exactly where the uninterrupted run did (the mid-epoch case is in test_guard.py)."""
     import signal
 
     from conftest import load_config

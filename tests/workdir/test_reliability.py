@@ -49,7 +49,7 @@ def test_lock_of_a_killed_process_is_not_stale(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time\nfrom scenecls.workdir_lock import locked\n"
+            "import sys, time\nfrom scenecls.workdir.lock import locked\n"
             f"with locked({workdir!r}):\n    print('held', flush=True)\n    time.sleep(120)",
         ],
         stdout=subprocess.PIPE,
