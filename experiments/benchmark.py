@@ -480,7 +480,7 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def _machine() -> str:
+def machine() -> str:
     """CPU model, core count and memory from lscpu/nproc//proc/meminfo."""
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
@@ -524,7 +524,7 @@ def _report(
         "",
         f"Written by `{command}` on {started:%Y-%m-%d %H:%M %Z} (took {seconds / 60:.1f} min). {reduced}",
         "",
-        f"- Machine: {_machine()}.",
+        f"- Machine: {machine()}.",
         f"- Jobs (CPU s well below {os.cpu_count()} x wall, or load above {os.cpu_count()}, means other "
         f"processes shared the cores): {jobs}.",
         f"- Versions: Python {platform.python_version()}, jax {jax.__version__}, "

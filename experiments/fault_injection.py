@@ -25,7 +25,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = ("--config.stage1.epochs=3", "--config.stage2.epochs=2", "--config.infer.demo_composites=0")
 TMP_MARKER = "orbax-checkpoint-tmp"
-_TIMING_KEYS = ("images_per_s",)
+_TIMING_KEYS = ("images_per_s", "seconds")
 
 
 class Fault(NamedTuple):

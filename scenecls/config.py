@@ -17,6 +17,7 @@ import ml_collections
 
 STAGES = ("stage1", "stage2")  # the two training stages, in order; each has a config section
 METRICS = ("val_loss", "val_accuracy")
+CACHE_DTYPES = ("float32", "bfloat16")  # storage of cached activations (config.cache_features.dtype)
 _MISSING = object()
 
 # The paper's stage 2 trains Keras' "last 30 layers" of the model, counted from its end; as trainable rules
@@ -87,9 +88,15 @@ def default_config() -> ml_collections.ConfigDict:
     config.pretrained = "none"
 
     config.class_weights = True  # inverse-frequency weights in the loss
-    # Stage 1 with no augmentation: run the frozen backbone once per image and train the head on stored
-    # features (same results, a fraction of the cost; see scenecls/train/feature_cache.py).
-    config.cache_features = True
+    # Activations at each stage's gradient boundary, computed once (scenecls/train/feature_cache.py).
+    # Everything in front of the boundary is frozen, so its output per image is fixed for the stage:
+    # validation always uses the cache (exact), and so does training when augmentation is off (exact).
+    config.cache_features = ml_collections.ConfigDict()
+    config.cache_features.enabled = True
+    # > 0 with augmentation on: K augmented views of each training image, cached once; epoch e trains on
+    # view (e - 1) mod K. An approximation, off by default: with fewer views than epochs, views repeat.
+    config.cache_features.views = 0
+    config.cache_features.dtype = "float32"  # or "bfloat16": half the disk, rounded activations
 
     # Two-stage transfer learning. `trainable` is an ordered list of regexes
     # over parameter paths (e.g. "backbone/conv5_block3_2_conv/kernel");
@@ -204,7 +211,9 @@ def _rules() -> tuple[tuple[str, Callable[[Any], bool], str], ...]:
         ("log_every_steps", _integer(1), "an integer >= 1"),
         ("checkpoint_every_minutes", _number(0), "a number >= 0 (0: checkpoint at epoch ends only)"),
         ("max_nonfinite_steps", _integer(0), "an integer >= 0"),
-        ("cache_features", lambda v: isinstance(v, bool), "True or False"),
+        ("cache_features.enabled", lambda v: isinstance(v, bool), "True or False"),
+        ("cache_features.views", _integer(0), "an integer >= 0 (0: no augmented views)"),
+        ("cache_features.dtype", *_one_of(CACHE_DTYPES)),
         ("infer.demo_composites", _integer(0), "an integer >= 0"),
         ("patch.size", _integer(32), "an integer >= 32"),
         ("patch.stride", _integer(1), "an integer >= 1"),

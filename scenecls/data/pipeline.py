@@ -139,12 +139,15 @@ def eval_batches(
     config: ml_collections.ConfigDict,
     process_index: int = 0,
     process_count: int = 1,
+    view: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Every example of ``split`` exactly once, in a fixed order, without augmentation.
+    """Every example of ``split`` exactly once, in a fixed order; without augmentation, or as ``view``.
 
     Batches hold ``config.eval_batch_size // process_count`` examples: ``image`` uint8, ``label`` int32,
     ``mask`` bool (False on the padding that fills the last batch) and ``file`` (source-relative paths).
     Every process yields the same number of batches; process p holds examples p, p + P, p + 2P, ...
+    ``view`` (an integer) applies the training augmentation with parameters drawn from
+    ``view_seed(config.seed, view)``: a fixed augmented view of every image (see train.feature_cache).
     """
     total = sum(prepared.counts.get(split, []))
     if not total:
@@ -154,16 +157,23 @@ def eval_batches(
     size = config.image_size
 
     def decode(example):
-        image = tf.cast(tf.round(_decode_resize(example["image"], size)), tf.uint8)
         return {
-            "image": image,
+            "image": _decode_resize(example["image"], size),
             "label": tf.cast(example["label"], tf.int32),
             "mask": tf.constant(True),
             "file": example["file"],
         }
 
+    def finish(index, batch):
+        if view is None:
+            image = tf.cast(tf.round(batch["image"]), tf.uint8)
+        else:
+            seed = tf.stack([tf.constant(view_seed(config.seed, view), tf.int64), index])
+            image = _augment(batch["image"], config.augment, seed)
+        return {**batch, "image": image}
+
     padding = {
-        "image": tf.zeros((size, size, 3), tf.uint8),
+        "image": tf.zeros((size, size, 3), tf.float32),
         "label": tf.constant(0, tf.int32),
         "mask": tf.constant(False),
         "file": tf.constant(""),
@@ -171,7 +181,13 @@ def eval_batches(
     ds = _read(prepared, split).shard(process_count, process_index).map(decode, num_parallel_calls=_AUTOTUNE)
     padded = math.ceil(math.ceil(total / process_count) / batch_size) * batch_size
     ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat()).take(padded)
-    return _decode_files(ds.batch(batch_size).prefetch(_AUTOTUNE).as_numpy_iterator())
+    ds = ds.batch(batch_size).enumerate().map(finish, num_parallel_calls=_AUTOTUNE)
+    return _decode_files(ds.prefetch(_AUTOTUNE).as_numpy_iterator())
+
+
+def view_seed(seed: int, view: int) -> int:
+    """The augmentation seed of augmented view ``view``: a stream of its own, apart from every epoch's."""
+    return int(np.random.SeedSequence(seed, spawn_key=(1, view)).generate_state(1)[0])
 
 
 def _decode_files(batches: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:

@@ -134,7 +134,7 @@ def run_stage(
     config = run.config
     stage = setup_stage(config, variables, name, len(run.data.prepared.classes), run.mesh)
     console.say(f"{name}: up to {config[name].epochs} epochs, {stage.trains}")
-    stage, train_batches, val_batches = _stage_inputs(run, stage, variables)
+    stage, train_batches, validator, val_batches = _stage_inputs(run, stage, variables)
     state, progress, position = _starting_point(stage, config[name], resume)
     records = run.records.setdefault(name, [])
     guard = StageGuard(
@@ -150,7 +150,7 @@ def run_stage(
         max_nonfinite_steps=config.max_nonfinite_steps,
     )
     while progress.epochs_done < config[name].epochs and not progress.stopped_early:
-        state = _run_epoch(run, stage, state, position, guard, train_batches, val_batches)
+        state = _run_epoch(run, stage, state, position, guard, train_batches, (validator, val_batches))
         position = EpochPosition()
     logging.info("%s", history.stage_table(name, records, progress))
     feature_cache.remove(run.workdir)
@@ -159,22 +159,27 @@ def run_stage(
 
 def _stage_inputs(
     run: StageRun, stage: Stage, variables: dict[str, Any]
-) -> tuple[Stage, Callable[[int], Iterator], Callable[[], Iterator]]:
-    """The stage as it trains, its training batches of an epoch and its validation batches: on cached
-    features when that is exact (feature_cache.unusable_reason), else on images through the input pipeline."""
+) -> tuple[Stage, Callable[[int], Iterator], Stage, Callable[[], Iterator]]:
+    """The stage as it trains and its training batches of an epoch, the stage as it validates and its
+    validation batches: on activations cached at the gradient boundary where the feature-cache plan says
+    so, else on images through the input pipeline."""
     config, prepared = run.config, run.data.prepared
-    reason = feature_cache.unusable_reason(config, stage.name, stage.boundary) or (
-        "a multi-process run" if jax.process_count() > 1 else None
-    )
-    if reason is None:
-        return feature_cache.cached_inputs(config, stage, variables, prepared, run.workdir)
-    logging.info("%s: training on images (no feature cache: %s)", stage.name, reason)
+    plan = feature_cache.plan(config, stage.boundary)
+    logging.info("%s: feature cache: validation %s; training: %s", stage.name, plan.validation, plan.reason)
+    if plan.approximate:  # never silently
+        console.say(f"{stage.name}: {plan.reason}")
     process = (jax.process_index(), jax.process_count())
-    return (
-        stage,
-        lambda epoch: pipeline.train_batches(prepared, config, epoch, *process),
-        lambda: pipeline.eval_batches(prepared, "validation", config, *process),
+
+    def train_batches(epoch: int) -> Iterator:
+        return pipeline.train_batches(prepared, config, epoch, *process)
+
+    if not plan.validation:
+        val_batches = functools.partial(pipeline.eval_batches, prepared, "validation", config, *process)
+        return stage, train_batches, stage, val_batches
+    trainer, cached_train, validator, val_batches = feature_cache.cached_inputs(
+        config, stage, variables, prepared, run.workdir, plan
     )
+    return trainer, cached_train or train_batches, validator, val_batches
 
 
 def _starting_point(
@@ -207,9 +212,10 @@ def _run_epoch(
     position: EpochPosition,
     guard: StageGuard,
     train_batches: Callable[[int], Iterator],
-    val_batches: Callable[[], Iterator],
+    validation: tuple[Stage, Callable[[], Iterator]],
 ) -> TrainState:
     """Trains one epoch (from ``position`` on), validates, records and checkpoints it; returns the state."""
+    start = time.perf_counter()
     config, progress, name = run.config, guard.progress, stage.name
     epochs = config[name].epochs
     epoch = progress.epochs_done + 1
@@ -221,7 +227,8 @@ def _run_epoch(
     ) as bar:
         state, train_metrics = _train_epoch(state, stage, batches, position, run, bar, guard)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    val = predict_split(stage.model, variables, val_batches(), stage.preprocessing, run.mesh)
+    validator, val_batches = validation
+    val = predict_split(validator.model, variables, val_batches(), validator.preprocessing, run.mesh)
     record = {
         "epoch": epoch,
         **{k: train_metrics[k] for k in ("loss", "accuracy")},
@@ -229,6 +236,7 @@ def _run_epoch(
         "val_accuracy": val["accuracy"],
         "lr": progress.learning_rate,
         "images_per_s": train_metrics["images_per_s"],
+        "seconds": time.perf_counter() - start,  # the epoch's wall time here: training and validation
     }
     run.records[name].append(record)
     improved = update_progress(progress, record[config.early_stopping.metric], config, epochs)

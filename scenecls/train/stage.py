@@ -20,8 +20,8 @@ from scenecls.models import Classifier, block_names, build_classifier, lookup_va
 from scenecls.train import optim
 from scenecls.train.step import TrainState, checkpoint_tree, create_train_state, train_step
 
-# Preprocessing of a model whose inputs are cached backbone features.
-FEATURE_PREPROCESSING = "none"
+# Preprocessing of a model whose inputs are cached activations.
+ACTIVATION_PREPROCESSING = "none"
 
 
 class Stage(NamedTuple):
@@ -37,14 +37,15 @@ class Stage(NamedTuple):
     step: Callable
     mesh: Mesh
 
-    def on_features(self) -> "Stage":
-        """The same stage training on cached backbone features instead of images (see feature_cache)."""
-        model = self.model.clone(inputs="features")
+    def on_activations(self) -> "Stage":
+        """The same stage applied to activations cached at its gradient boundary instead of images: the
+        layers in front of the boundary are skipped (see feature_cache)."""
+        model = self.model.clone(inputs=self.boundary)
         return self._replace(
             model=model,
-            preprocessing=FEATURE_PREPROCESSING,
+            preprocessing=ACTIVATION_PREPROCESSING,
             state=self.state.replace(apply_fn=model.apply),
-            step=_jit_step(FEATURE_PREPROCESSING, self.mesh),
+            step=_jit_step(ACTIVATION_PREPROCESSING, self.mesh),
         )
 
 

@@ -39,7 +39,16 @@ def test_train_writes_every_output(trained):
         history = json.load(f)
     assert [len(history[s]) for s in ("stage1", "stage2")] == [2, 1]
     for record in history["stage1"] + history["stage2"]:
-        assert set(record) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_s"}
+        assert set(record) == {
+            "epoch",
+            "loss",
+            "accuracy",
+            "val_loss",
+            "val_accuracy",
+            "lr",
+            "images_per_s",
+            "seconds",
+        }
         assert np.isfinite(record["loss"]) and 0 <= record["val_accuracy"] <= 1
     with open(os.path.join(workdir, "eval", "metrics.json")) as f:
         saved = json.load(f)
