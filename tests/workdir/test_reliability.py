@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from conftest import REPO, load_config
 
-from scenecls.workdir import checkpoints, inference, run_files
 from scenecls import config as config_lib
+from scenecls.workdir import checkpoints, inference, run_files
 from scenecls.workdir import lock as workdir_lock
 
 CLASSES = ("a", "b")
