@@ -87,7 +87,7 @@ DEFINITIONS = """\
   with an empty persistent compilation cache (cold), then in a fresh process with that cache (warm);
   Keras has no persistent cache (build, compile, first `train_on_batch`).
 - Peak resident memory: `ru_maxrss` of each framework's own measurement process.
-- End to end: scenecls `train.train_and_evaluate` (stage 2 off, augmentation off, `cache_features=True`,
+- End to end: scenecls `train.train_and_evaluate` (stage 2 off, augmentation off, feature cache on,
   early stopping off; includes model init, the feature cache, validation every epoch, checkpoints and the
   final test evaluation, compiled without a persistent cache) vs Keras build + compile +
   `fit(epochs, validation_data, class_weight)` on the same images as in-memory arrays."""
@@ -254,7 +254,7 @@ def scenecls_fit(plan: dict) -> dict:
     config = _config(plan)
     config.stage1.epochs, config.stage2.epochs = plan["epochs"], 0
     config.augment.update(rotation_degrees=0, width_shift=0, height_shift=0, zoom=0, horizontal_flip=False)
-    config.cache_features = True
+    config.cache_features.enabled = True
     config.early_stopping.patience = plan["epochs"] + 1  # run every epoch, as Keras' fit does
     workdir = os.path.join(plan["workdir"], "scenecls_fit")
     shutil.rmtree(workdir, ignore_errors=True)  # a fresh run, not a resumed one

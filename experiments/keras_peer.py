@@ -177,7 +177,9 @@ class _EpochTimes(keras.callbacks.Callback):
 
 def recipe(plan: dict) -> dict:
     """The paper's recipe end to end as the reference runs it: stage 1 (head), stage 2 (last 30 layers),
-    ImageDataGenerator augmentation, class weights, validation every epoch, then the test split."""
+    ImageDataGenerator augmentation, class weights, validation every epoch with the reference's callbacks
+    (best-model checkpoint, reduce-LR-on-plateau; early stopping beyond the epochs, so every epoch runs),
+    then the test split."""
     data = np.load(plan["data"])
     num_classes = len(data["class_weights"])
     onehot = {
@@ -194,12 +196,19 @@ def recipe(plan: dict) -> dict:
             data["train_x"].astype(np.float32), onehot["train"], batch_size=plan["batch_size"], seed=0
         )
         timer = _EpochTimes()
+        callbacks = [
+            timer,
+            keras.callbacks.ModelCheckpoint(
+                os.path.join(plan["workdir"], "keras_best.h5"), save_best_only=True
+            ),
+            keras.callbacks.ReduceLROnPlateau(factor=0.2, patience=3, min_lr=1e-7),
+        ]
         model.fit(
             flow,
             epochs=epochs,
             validation_data=(_scaled(data["validation_x"]), onehot["validation"]),
             class_weight=class_weight,
-            callbacks=[timer],
+            callbacks=callbacks,
             verbose=0,
         )
         epoch_s[stage] = timer.seconds

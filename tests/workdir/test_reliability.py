@@ -312,6 +312,9 @@ def test_shipped_configs_are_valid(name):
         ("stage1.learning_rate", float("nan")),
         ("reduce_lr.factor", 0.0),
         ("stage2.trainable", ("^head/", "(")),
+        ("cache_features.views", -1),
+        ("cache_features.dtype", "float16"),
+        ("patch.stride", 300),
     ],
 )
 def test_invalid_config_fields_are_named(tiny_config, field, value):
