@@ -184,6 +184,76 @@ def _write_section(path: str, section: str) -> None:
         f.write(text)
 
 
+def run(
+    scale: float = 0.05, quick: bool = False, workdir: str | None = None, output: str | None = None
+) -> str:
+    """Runs the three jobs and writes the "Paper recipe" section into ``output``; returns the section."""
+    output = output or os.path.join(REPO, "docs", "benchmarks.md")
+    started = datetime.datetime.now().astimezone()
+    with tempfile.TemporaryDirectory(prefix="scenecls_recipe_") as scratch:
+        workdir = workdir or scratch
+        os.makedirs(workdir, exist_ok=True)
+        plan = {
+            "scale": scale,
+            "epochs": (2, 2) if quick else (15, 10),
+            "workdir": workdir,
+            "prepared_dir": os.path.join(workdir, "prepared"),
+            "data": os.path.join(workdir, "data.npz"),
+            "image_size": 224,
+            "batch_size": 32,
+            "eval_batch_size": default_config().eval_batch_size,
+        }
+        _prepare(plan)
+        plan_path = os.path.join(workdir, "plan.json")
+        with open(plan_path, "w") as f:
+            json.dump(plan, f)
+        results = {}
+        for name, views in VARIANTS.items():
+            result_path = os.path.join(workdir, f"views{views}.json")
+            job = ["--job", str(views), "--plan", plan_path, "--result", result_path]
+            _run([sys.executable, __file__, *job], os.path.join(workdir, f"views{views}.log"))
+            with open(result_path) as f:
+                results[name] = json.load(f)
+        result_path = os.path.join(workdir, "keras.json")
+        command = [sys.executable, PEER, "--job", "recipe", "--plan", plan_path, "--result", result_path]
+        _run(command, os.path.join(workdir, "keras.log"))
+        with open(result_path) as f:
+            results["Keras peer"] = json.load(f)
+    section = _section(plan, results, started)
+    print("\n" + section)
+    _write_section(output, section)
+    print(f"Wrote the section into {output}")
+    return section
+
+
+def _section(plan: dict, results: dict[str, dict], started: datetime.datetime) -> str:
+    from benchmark import machine  # the same machine line as the main benchmark's report
+
+    counts = plan["counts"]
+    command = " ".join(["python", "experiments/paper_recipe.py", *map(shlex.quote, sys.argv[1:])])
+    return "\n".join(
+        [
+            SECTION,
+            "",
+            f"Written by `{command}` on {started:%Y-%m-%d %H:%M %Z}. Machine: {machine()}.",
+            "",
+            f"Default config (paper Version 4: {plan['epochs'][0]} + {plan['epochs'][1]} epochs, "
+            "augmentation, class weights, 224 px, batch 32, random weights, early stopping off) on synthetic "
+            f"scenes with the paper's class sizes x {plan['scale']} ({plan['per_class']}; split {counts}).",
+            "",
+            *_table(results, counts),
+            "",
+            "One-off: everything outside the epochs and the caches (data loading, model build, compilation, "
+            "the final test evaluation). Epoch: training and validation, median of the stage's epochs after "
+            "the first (which compiles). Paper size: one-off, plus caches and epochs scaled to 1,310 train, "
+            "281 validation and 281 test images (scenecls' checkpoint writes once per epoch, unscaled) "
+            "for 15 + 10 epochs. views=3 trains on 3 cached augmented views per image (an approximation, see "
+            "`scenecls/train/feature_cache.py`); test accuracy of random-init weights on a tiny set says "
+            "nothing about the recipe's accuracy, only that the run trained.",
+        ]
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -200,72 +270,7 @@ def main() -> None:
         with open(args.plan) as f:
             scenecls_job(json.load(f), args.job, args.result)
         return
-    started = datetime.datetime.now().astimezone()
-    with tempfile.TemporaryDirectory(prefix="scenecls_recipe_") as scratch:
-        workdir = args.workdir or scratch
-        os.makedirs(workdir, exist_ok=True)
-        plan = {
-            "scale": args.scale,
-            "epochs": (2, 2) if args.quick else (15, 10),
-            "workdir": workdir,
-            "prepared_dir": os.path.join(workdir, "prepared"),
-            "data": os.path.join(workdir, "data.npz"),
-            "image_size": 224,
-            "batch_size": 32,
-            "eval_batch_size": default_config().eval_batch_size,
-        }
-        _prepare(plan)
-        plan_path = os.path.join(workdir, "plan.json")
-        with open(plan_path, "w") as f:
-            json.dump(plan, f)
-        results = {}
-        for name, views in VARIANTS.items():
-            result_path = os.path.join(workdir, f"views{views}.json")
-            command = [
-                sys.executable,
-                __file__,
-                "--job",
-                str(views),
-                "--plan",
-                plan_path,
-                "--result",
-                result_path,
-            ]
-            _run(command, os.path.join(workdir, f"views{views}.log"))
-            with open(result_path) as f:
-                results[name] = json.load(f)
-        result_path = os.path.join(workdir, "keras.json")
-        command = [sys.executable, PEER, "--job", "recipe", "--plan", plan_path, "--result", result_path]
-        _run(command, os.path.join(workdir, "keras.log"))
-        with open(result_path) as f:
-            results["Keras peer"] = json.load(f)
-    counts = plan["counts"]
-    from benchmark import machine  # the same machine line as the main benchmark's report
-
-    command = " ".join(["python", "experiments/paper_recipe.py", *map(shlex.quote, sys.argv[1:])])
-    section = "\n".join(
-        [
-            SECTION,
-            "",
-            f"Written by `{command}` on {started:%Y-%m-%d %H:%M %Z}. Machine: {machine()}.",
-            "",
-            f"Default config (paper Version 4: {plan['epochs'][0]} + {plan['epochs'][1]} epochs, "
-            "augmentation, class weights, 224 px, batch 32, random weights, early stopping off) on synthetic "
-            f"scenes with the paper's class sizes x {args.scale} ({plan['per_class']}; split {counts}).",
-            "",
-            *_table(results, counts),
-            "",
-            "One-off: everything outside the epochs and the caches (data loading, model build, compilation, "
-            "the final test evaluation). Epoch: training and validation, median of the stage's epochs after "
-            "the first (which compiles). Paper size: one-off + caches and epochs scaled to 1,310 train, 281 "
-            "validation and 281 test images. views=3 trains on 3 cached augmented views per image (an "
-            "approximation, see `scenecls/train/feature_cache.py`); test accuracy on random-init weights "
-            "and a tiny set says nothing about the recipe's accuracy, only that the run trained.",
-        ]
-    )
-    print("\n" + section)
-    _write_section(args.output, section)
-    print(f"Wrote the section into {args.output}")
+    run(args.scale, args.quick, args.workdir, args.output)
 
 
 if __name__ == "__main__":
