@@ -113,27 +113,26 @@ def test_interrupted_between_epochs_then_resumed_equals_uninterrupted(trained, t
 
     from conftest import load_config
 
-    from scenecls.data import pipeline
-    from scenecls.train import guard
+    from scenecls.train import guard, loop
 
     config, workdir, metrics = trained
     full = _same_data(load_config("tiny"), workdir)
     full.stage1.epochs = 2
-    original, sent = pipeline.eval_batches, []
+    original, sent = loop.predict_split, []
 
-    def eval_batches_with_a_sigint(prepared, split, *args, **kwargs):
-        if split == "validation" and not sent:
-            sent.append(split)
+    def validation_with_a_sigint(*args, **kwargs):
+        if not sent:  # the first validation: stage 1, epoch 1
+            sent.append(True)
             os.kill(os.getpid(), signal.SIGINT)
-        return original(prepared, split, *args, **kwargs)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "eval_batches", eval_batches_with_a_sigint)
+    monkeypatch.setattr(loop, "predict_split", validation_with_a_sigint)
     resumed_dir = str(tmp_path / "resumed")
     with pytest.raises(guard.Interrupted, match="SIGINT: stage1 epoch 1 is saved") as info:
         train.train_and_evaluate(full, resumed_dir)
     assert info.value.exit_status == 130
     assert not os.path.exists(os.path.join(resumed_dir, "eval")), "the run stopped before evaluating"
-    monkeypatch.setattr(pipeline, "eval_batches", original)
+    monkeypatch.setattr(loop, "predict_split", original)
     resumed_metrics = train.train_and_evaluate(full, resumed_dir)
     _assert_same_history(workdir, resumed_dir)
     assert resumed_metrics["accuracy"] == pytest.approx(metrics["accuracy"])
