@@ -18,6 +18,7 @@ import ml_collections
 STAGES = ("stage1", "stage2")  # the two training stages, in order; each has a config section
 METRICS = ("val_loss", "val_accuracy")
 CACHE_DTYPES = ("float32", "bfloat16")  # storage of cached activations (config.cache_features.dtype)
+TTA = ("", "flip", "flip_crops")  # test-time augmentation (config.eval.tta; see evaluation.evaluator)
 _MISSING = object()
 
 # The paper's stage 2 trains Keras' "last 30 layers" of the model, counted from its end; as trainable rules
@@ -123,6 +124,12 @@ def default_config() -> ml_collections.ConfigDict:
     # Evaluation.
     config.eval = ml_collections.ConfigDict()
     config.eval.source_dir = ""  # another labelled folder to evaluate on instead
+    # Test-time augmentation: "" (off), "flip" (mean logits of the image and its mirror image) or
+    # "flip_crops" (also 4 corner and a centre crop of 87.5%, and their mirror images: 12 views).
+    config.eval.tta = ""
+    # After training, fit a temperature on the validation split so that probabilities match accuracy
+    # (scenecls/evaluation/calibration.py); evaluation and inference apply it. False: T = 1.
+    config.calibrate = True
 
     # Patch-based inference.
     config.infer = ml_collections.ConfigDict()
@@ -215,6 +222,8 @@ def _rules() -> tuple[tuple[str, Callable[[Any], bool], str], ...]:
         ("cache_features.views", _integer(0), "an integer >= 0 (0: no augmented views)"),
         ("cache_features.dtype", *_one_of(CACHE_DTYPES)),
         ("infer.demo_composites", _integer(0), "an integer >= 0"),
+        ("eval.tta", *_one_of(TTA)),
+        ("calibrate", lambda v: isinstance(v, bool), "True or False"),
         ("patch.size", _integer(32), "an integer >= 32"),
         ("patch.stride", _integer(1), "an integer >= 1"),
         ("patch.image_scale", _integer(0), "an integer >= 0 (0: keep the original size)"),

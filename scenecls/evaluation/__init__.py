@@ -1,6 +1,6 @@
 """Evaluation of a trained model: predictions over a split (``evaluate``), metrics, the eval/ directory's
 files (``reports``) and plots."""
 
-from scenecls.evaluation.evaluator import evaluate, predict_split
+from scenecls.evaluation.evaluator import calibrate, evaluate, predict_split
 
-__all__ = ["evaluate", "predict_split"]
+__all__ = ["calibrate", "evaluate", "predict_split"]

@@ -88,6 +88,37 @@ def plot_roc(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], path
     _save(fig, path)
 
 
+def plot_reliability(curves: Mapping[str, np.ndarray], labels: np.ndarray, path: str) -> None:
+    """Reliability diagram: accuracy against confidence per bin for each set of probabilities in ``curves``
+    (e.g. before and after calibration), with each one's ECE in the legend and the bin counts below."""
+    from scenecls.models import calibration
+
+    fig = _figure(6.5, 6.0)
+    ax, counts = fig.subplots(2, 1, height_ratios=(3, 1), sharex=True)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
+    width = 1 / calibration.ECE_BINS
+    centres = (np.arange(calibration.ECE_BINS) + 0.5) * width
+    for index, (name, probs) in enumerate(curves.items()):
+        table = calibration.reliability(probs, labels)
+        used = table["count"] > 0
+        ece = calibration.expected_calibration_error(probs, labels)
+        ax.plot(
+            table["confidence"][used], table["accuracy"][used], marker="o", label=f"{name} (ECE {ece:.3f})"
+        )
+        shift = (index - (len(curves) - 1) / 2) * width / len(curves)
+        counts.bar(centres + shift, table["count"], width=width / len(curves), label=name)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("Accuracy")
+    ax.set_title("Reliability (top-1 confidence vs. accuracy)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    counts.set_xlabel("Confidence of the top class")
+    counts.set_ylabel("Images")
+    counts.grid(alpha=0.3)
+    _save(fig, path)
+
+
 def plot_curves(history: Mapping[str, Sequence[Mapping[str, Any]]], path: str) -> None:
     """Accuracy and loss per epoch, train and validation, all stages on one continuous epoch axis.
 

@@ -66,17 +66,23 @@ def read_predictions_csv(path: str) -> tuple[list[str], np.ndarray, np.ndarray, 
 
 
 def evaluate_predictions(
-    out_dir: str, files: Sequence[str], labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]
+    out_dir: str,
+    files: Sequence[str],
+    labels: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    extra: dict[str, Any] | None = None,
+    uncalibrated: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Writes predictions.csv, metrics.json (computed from the saved CSV), confusion_matrix.png, roc.png.
-
-    Returns the metrics.
+    """Writes predictions.csv, metrics.json (computed from the saved CSV, plus ``extra``),
+    confusion_matrix.png, roc.png, and with ``uncalibrated`` probabilities reliability.png (before and
+    after calibration). Returns the metrics.
     """
     os.makedirs(out_dir, exist_ok=True)
     csv_path = os.path.join(out_dir, "predictions.csv")
     write_predictions_csv(csv_path, files, labels, probs, classes)
     _, labels, probs, classes = read_predictions_csv(csv_path)
-    result = metrics.compute_metrics(labels, probs, classes)
+    result = {**metrics.compute_metrics(labels, probs, classes), **(extra or {})}
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(result, f, indent=2, allow_nan=False)
     plots.plot_confusion_matrix(
@@ -86,5 +92,8 @@ def evaluate_predictions(
         normalized=result["confusion_matrix"]["normalized"],
     )
     plots.plot_roc(labels, probs, classes, os.path.join(out_dir, "roc.png"))
-    logging.info("Wrote predictions.csv, metrics.json, confusion_matrix.png and roc.png to %s", out_dir)
+    if uncalibrated is not None:
+        curves = {"uncalibrated": uncalibrated, "calibrated": probs}
+        plots.plot_reliability(curves, labels, os.path.join(out_dir, "reliability.png"))
+    logging.info("Wrote predictions.csv, metrics.json and the plots to %s", out_dir)
     return result

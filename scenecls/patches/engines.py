@@ -32,7 +32,7 @@ from jax.sharding import PartitionSpec as P
 
 from scenecls import parallel
 from scenecls.data.images import resize
-from scenecls.models import Classifier
+from scenecls.models import Classifier, calibration
 from scenecls.models.preprocessing import preprocess
 from scenecls.models.resnet import FEATURE_STRIDE
 from scenecls.patches.grid import patch_grid
@@ -74,27 +74,41 @@ def analyse_exact(image: np.ndarray, patch_fn: PatchFn, size: int, stride: int, 
 
 
 def _classify_patch(
-    model: Classifier, image_size: int, preprocessing: str, variables: Any, patch: jnp.ndarray
+    model: Classifier,
+    image_size: int,
+    preprocessing: str,
+    temperature: float,
+    variables: Any,
+    patch: jnp.ndarray,
 ) -> jnp.ndarray:
     """Class probabilities of one uint8 (s, s, 3) patch, resized to the model's input size if needed."""
     x = patch.astype(jnp.float32)
     if x.shape[:2] != (image_size, image_size):
         x = jax.image.resize(x, (image_size, image_size, 3), "bilinear")
     logits = model.apply(variables, preprocess(x, preprocessing)[None])[0]
-    return jax.nn.softmax(logits.astype(jnp.float32))
+    return calibration.softmax(logits, temperature)
 
 
 def model_patch_fn(
-    model: Classifier, variables: Any, image_size: int, preprocessing: str, mesh: Mesh | None = None
+    model: Classifier,
+    variables: Any,
+    image_size: int,
+    preprocessing: str,
+    mesh: Mesh | None = None,
+    temperature: float = 1.0,
 ) -> PatchFn:
-    """The exact-mode patch function of a model: one jitted function, vmapped over a chunk of patches.
+    """The exact-mode patch function of a model: one jitted function, vmapped over a chunk of patches;
+    probabilities at ``temperature`` (the model's calibration).
 
     Each chunk is split across the devices of ``mesh`` (default: this process's devices; a chunk is padded
     to a multiple of their count).
     """
     mesh = mesh or parallel.create_mesh(jax.local_devices())
     batched = jax.jit(
-        jax.vmap(functools.partial(_classify_patch, model, image_size, preprocessing), in_axes=(None, 0))
+        jax.vmap(
+            functools.partial(_classify_patch, model, image_size, preprocessing, temperature),
+            in_axes=(None, 0),
+        )
     )
     variables = parallel.replicate(mesh, variables)
     sharding, devices = parallel.batch_sharded(mesh), mesh.devices.size
@@ -117,6 +131,7 @@ def _window_probs(
     preprocessing: str,
     window: int,
     rows: NamedSharding,
+    temperature: float,
     variables: Any,
     image: jnp.ndarray,
 ) -> jnp.ndarray:
@@ -129,7 +144,7 @@ def _window_probs(
     features = model.apply(variables, preprocess(image[None], preprocessing), method=Classifier.features)
     features = jax.lax.with_sharding_constraint(features, rows)
     logits = model.apply(variables, features, window=window, method=Classifier.classify)[0]
-    return jax.nn.softmax(logits.astype(jnp.float32))
+    return calibration.softmax(logits, temperature)
 
 
 class SharedModel:
@@ -143,6 +158,7 @@ class SharedModel:
         preprocessing: str,
         max_pixels: int = SHARED_MAX_PIXELS,
         mesh: Mesh | None = None,
+        temperature: float = 1.0,
     ):
         if image_size % FEATURE_STRIDE:
             raise ValueError(
@@ -154,7 +170,7 @@ class SharedModel:
         self.window = image_size // FEATURE_STRIDE
         rows = NamedSharding(mesh, P(None, parallel.AXIS))
         self._window_probs = jax.jit(
-            functools.partial(_window_probs, model, preprocessing, self.window, rows)
+            functools.partial(_window_probs, model, preprocessing, self.window, rows, temperature)
         )
 
     def model_scale_size(self, height: int, width: int, patch_size: int) -> tuple[tuple[int, int], list[str]]:

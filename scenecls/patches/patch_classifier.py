@@ -88,20 +88,22 @@ class PatchClassifier:
         classes: Sequence[str],
         config: ml_collections.ConfigDict,
         patch_config: ml_collections.ConfigDict | None = None,
+        temperature: float = 1.0,
     ) -> "PatchClassifier":
-        """A model trained with ``config`` (its image_size and variant); patches per ``patch_config``.
+        """A model trained with ``config`` (its image_size and variant); patches per ``patch_config``;
+        probabilities at ``temperature`` (its calibration).
 
         ``patch_config`` defaults to ``config.patch``. The work of an image is spread over this process's
         devices: exact mode's chunks (rounded up to a multiple of their count), shared mode's windows.
         """
         patch_config = config.patch if patch_config is None else patch_config
         preprocessing, image_size = lookup_variant(config.model.variant).preprocessing, config.image_size
-        patch_fn = model_patch_fn(model, variables, image_size, preprocessing)
+        patch_fn = model_patch_fn(model, variables, image_size, preprocessing, temperature=temperature)
         whole_image = functools.partial(_whole_image_probs, patch_fn, image_size)
         if patch_config.mode != "shared":
             chunk_size = device_multiple(patch_config.chunk_size)
             return cls.from_patch_fn(patch_fn, classes, patch_config, whole_image, chunk_size)
-        shared = SharedModel(model, variables, image_size, preprocessing)
+        shared = SharedModel(model, variables, image_size, preprocessing, temperature=temperature)
         analyse = functools.partial(shared.analyse, size=patch_config.size, stride=patch_config.stride)
         return cls(classes, patch_config, analyse, whole_image)
 
@@ -111,7 +113,14 @@ class PatchClassifier:
     ) -> "PatchClassifier":
         """The best checkpoint of a trained workdir, its classes; ``patch_config`` default: the run's."""
         trained = load_for_inference(workdir)
-        return cls.from_model(trained.model, trained.variables, trained.classes, trained.config, patch_config)
+        return cls.from_model(
+            trained.model,
+            trained.variables,
+            trained.classes,
+            trained.config,
+            patch_config,
+            trained.temperature,
+        )
 
     def predict(self, image_or_path: str | os.PathLike | np.ndarray) -> dict[str, Any]:
         """Patch predictions, coverage, major/secondary and whole-image class of one image.

@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 from scenecls import console, parallel
 from scenecls.config import STAGES
 from scenecls.data import builder, pipeline
-from scenecls.evaluation import evaluate, predict_split
+from scenecls.evaluation import calibrate, evaluate, predict_split
 from scenecls.train import feature_cache, history, optim
 from scenecls.train.guard import SaveTimer, StageGuard, StopRequests
 from scenecls.train.schedule import EpochPosition, StageProgress, update_progress
@@ -77,6 +77,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             epoch_offset += config[stage].epochs
             resume = None
     history.write_history(workdir, records, curves=True)
+    calibrate(config, workdir)
     return evaluate(config, workdir)
 
 

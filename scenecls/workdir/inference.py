@@ -7,7 +7,7 @@ import jax
 import ml_collections
 
 from scenecls.config import STAGES
-from scenecls.models import Classifier, build_classifier
+from scenecls.models import Classifier, build_classifier, calibration
 from scenecls.workdir import checkpoints
 from scenecls.workdir.run_files import read_run_config
 
@@ -19,6 +19,7 @@ class InferenceModel(NamedTuple):
     classes: tuple[str, ...]
     model: Classifier
     variables: dict[str, Any]
+    temperature: float = 1.0  # fitted on validation after training (models.calibration); 1: none
 
 
 def final_stage(workdir: str) -> str:
@@ -43,4 +44,5 @@ def load_for_inference(workdir: str) -> InferenceModel:
     variables = checkpoints.restore_state(manager, manager.latest_step())
     variables = jax.tree_util.tree_map(jax.numpy.asarray, variables)
     model = build_classifier(config.model, num_classes=len(classes))
-    return InferenceModel(config=config, classes=classes, model=model, variables=variables)
+    temperature = calibration.read_temperature(workdir)
+    return InferenceModel(config, classes, model, variables, temperature)

@@ -33,11 +33,12 @@ def write_run_files(workdir: str, config: ml_collections.ConfigDict, classes: tu
         "classes.json": json.dumps(list(classes), indent=2),
     }
     for name, text in files.items():
-        _write_atomically(os.path.join(workdir, name), text)
+        write_atomically(os.path.join(workdir, name), text)
 
 
-def _write_atomically(path: str, text: str) -> None:
-    """Writes via a temporary file and a rename, so a failure never leaves a truncated file."""
+def write_atomically(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` via a temporary file and a rename, so a failure never leaves a truncated
+    file (WriteError, one line, when it cannot be written)."""
     tmp_path = path + ".tmp"
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
