@@ -90,7 +90,7 @@ def main() -> None:
                     workdir = os.path.join(root, f"{name}_views{k}_seed{seed}")
                     if name == "demo":  # the demo's synthetic set, written once and shared
                         config.data.synthetic_per_class = 0
-                        config.data.source_dir = _demo_source(root)
+                        config.data.source_dir = demo_source(root)
                     metrics = train_and_evaluate(config, workdir)
                     accuracy.setdefault((name, k), []).append(metrics["accuracy"])
                     print(
@@ -103,7 +103,7 @@ def main() -> None:
         print(f"| {name} | {label} | {statistics.mean(values):.4f} ± {spread:.4f} | {len(values)} |")
 
 
-def _demo_source(root: str) -> str:
+def demo_source(root: str) -> str:
     """The demo's synthetic scenes (configs/demo.py's size), written once under ``root``."""
     from scenecls.data import builder
 
