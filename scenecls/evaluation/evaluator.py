@@ -220,9 +220,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             extra=summary,
             uncalibrated=result["probs"],
         )
+        _write_report(workdir, trained, prepared, split, result, probs, test_metrics)
     else:  # every process has all predictions; only process 0 writes them
         test_metrics = {**metrics.compute_metrics(result["labels"], probs, trained.classes), **summary}
-        _write_report(workdir, trained, prepared, split, result, probs, test_metrics)
     report = metrics.format_metrics(test_metrics)
     console.say(f"Evaluation on {len(result['files'])} {split} examples:\n{report}")
     return test_metrics

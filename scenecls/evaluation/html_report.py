@@ -36,7 +36,8 @@ th { text-align: left; background: #f3f5f8; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .cards { display: flex; flex-wrap: wrap; gap: 12px; } .card { background: #f3f5f8; border-radius: 8px;
          padding: 10px 16px; min-width: 140px; } .card b { display: block; font-size: 1.6em; }
-.plots img { max-width: 100%; border: 1px solid #e4e8ee; margin: 6px; vertical-align: top; }
+.plots figure { display: inline-block; width: 48%; margin: 0 1% 12px 0; vertical-align: top; }
+.plots img { max-width: 100%; border: 1px solid #e4e8ee; } #calibration img { max-width: 560px; }
 .gallery { display: flex; flex-wrap: wrap; gap: 10px; } figure.miss { width: 180px; margin: 0;
            font-size: 0.8em; background: #fbf3f3; border-radius: 6px; padding: 6px; }
 figure.miss img { max-width: 168px; max-height: 168px; display: block; margin: 0 auto 4px; }
@@ -126,8 +127,7 @@ def render(
         f"<title>scenecls evaluation: {esc(run.get('Workdir', ''))}</title>",
         f"<style>{_STYLE}</style></head><body>",
         "<header id='header'><h1>scenecls evaluation report</h1>",
-        f"<p class='muted'>{metrics['num_examples']} {esc(run.get('Split', 'test'))} images, "
-        f"{len(metrics['classes'])} classes</p>",
+        f"<p class='muted'>{metrics['num_examples']} images evaluated, {len(metrics['classes'])} classes</p>",
         "<table id='run'>",
         *(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in run.items()),
         "</table></header>",
