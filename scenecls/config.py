@@ -141,6 +141,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.patch.stride = 112
     config.patch.image_scale = 0  # > 0: resize so the shorter side is this first
     config.patch.secondary_threshold = 0.05
+    # A patch whose top probability is below this abstains ("uncertain"); 0: every patch counts.
+    config.patch.min_confidence = 0.0
     config.patch.mode = "exact"  # exact | shared
     config.patch.chunk_size = 32
     return config
@@ -228,6 +230,7 @@ def _rules() -> tuple[tuple[str, Callable[[Any], bool], str], ...]:
         ("patch.stride", _integer(1), "an integer >= 1"),
         ("patch.image_scale", _integer(0), "an integer >= 0 (0: keep the original size)"),
         ("patch.secondary_threshold", _number(0, 1), "a fraction in [0, 1]"),
+        ("patch.min_confidence", _number(0, 1), "a number in [0, 1]"),
         ("patch.mode", *_one_of(MODES)),
         ("patch.chunk_size", _integer(1), "an integer >= 1"),
     )

@@ -108,9 +108,10 @@ def csv_row(result: dict[str, Any] | None, path: str, name: str, error: str = ""
     row = {"file": path, "output": name, "major": "", "secondary": "", "whole_image": "", "error": error}
     if result:
         row.update(
-            major=result["major"],
+            major=result["major"] or "",  # None: every patch abstained (uncertain is then 1)
             whole_image=result["whole_image"]["class"],
             secondary=";".join(f"{s['class']}:{s['coverage']:.4f}" for s in result["secondary"]),
+            uncertain=f"{result['uncertain']['share']:.4f}",
         )
         row.update({f"coverage_{c}": f"{v:.4f}" for c, v in result["coverage"].items()})
     return row
@@ -118,7 +119,7 @@ def csv_row(result: dict[str, Any] | None, path: str, name: str, error: str = ""
 
 def _write_csv(rows: list[dict[str, Any]], classes: Sequence[str], path: str) -> None:
     coverage = [f"coverage_{c}" for c in classes]
-    fields = ["file", "output", "major", "secondary", "whole_image", *coverage, "error"]
+    fields = ["file", "output", "major", "secondary", "whole_image", *coverage, "uncertain", "error"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
