@@ -136,6 +136,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.infer.inputs = ""  # files, folders or globs, comma separated
     config.infer.output_dir = ""  # empty: <workdir>/infer
     config.infer.demo_composites = 0  # > 0: after training, classify this many synthetic composites
+    # "gradcam": also <name>_gradcam.png, Grad-CAM heatmaps of the major and secondary classes.
+    config.infer.explain = ""
+    config.infer.save_arrays = False  # with explain: also the heatmaps as arrays, <name>_gradcam.npz
     config.patch = ml_collections.ConfigDict()
     config.patch.size = 224
     config.patch.stride = 112
@@ -186,6 +189,7 @@ def _rules() -> tuple[tuple[str, Callable[[Any], bool], str], ...]:
     """(field, predicate, what it must be), checked in order; choices come from where each concept lives."""
     from scenecls.models import DTYPES, HEADS, VARIANTS
     from scenecls.patches.engines import MODES
+    from scenecls.patches.explain import METHODS
 
     return (
         ("seed", _integer(0), "an integer >= 0"),
@@ -224,6 +228,8 @@ def _rules() -> tuple[tuple[str, Callable[[Any], bool], str], ...]:
         ("cache_features.views", _integer(0), "an integer >= 0 (0: no augmented views)"),
         ("cache_features.dtype", *_one_of(CACHE_DTYPES)),
         ("infer.demo_composites", _integer(0), "an integer >= 0"),
+        ("infer.explain", *_one_of(METHODS)),
+        ("infer.save_arrays", lambda v: isinstance(v, bool), "True or False"),
         ("eval.tta", *_one_of(TTA)),
         ("calibrate", lambda v: isinstance(v, bool), "True or False"),
         ("patch.size", _integer(32), "an integer >= 32"),

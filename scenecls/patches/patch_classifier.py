@@ -21,6 +21,7 @@ from scenecls.patches.engines import (
     device_multiple,
     model_patch_fn,
 )
+from scenecls.patches.explain import ExplainFn, gradcam, resize_maps
 from scenecls.patches.grid import prepare_image
 from scenecls.workdir import load_for_inference
 
@@ -61,6 +62,7 @@ class PatchClassifier:
 
     Build it with ``from_workdir`` (a trained run), ``from_model`` or ``from_patch_fn`` (any function
     from uint8 patches to probabilities, e.g. an oracle in tests); ``predict`` returns the JSON fields.
+    Classifiers built from a model can also ``explain`` classes with Grad-CAM heatmaps.
     """
 
     def __init__(
@@ -69,8 +71,11 @@ class PatchClassifier:
         patch_config: ml_collections.ConfigDict,
         analyse: Analyser,
         whole_image: ImageFn,
+        explain: ExplainFn | None = None,
     ):
-        """Low-level: ``analyse`` maps a prepared image to patch probabilities, ``whole_image`` to one."""
+        """Low-level: ``analyse`` maps a prepared image to patch probabilities, ``whole_image`` to one;
+        ``explain`` a prepared image and class indices to heatmaps (None: this classifier cannot explain).
+        """
         config_lib.validate_patch(patch_config)
         self.classes = tuple(classes)
         self.patch_config = patch_config
@@ -81,7 +86,7 @@ class PatchClassifier:
                 f"a class is called {UNCERTAIN!r}, the name of abstaining patches: "
                 "patch.min_confidence must be 0 with these classes"
             )
-        self._analyse, self._whole_image = analyse, whole_image
+        self._analyse, self._whole_image, self._explain = analyse, whole_image, explain
 
     @classmethod
     def from_patch_fn(
@@ -122,12 +127,20 @@ class PatchClassifier:
         preprocessing, image_size = lookup_variant(config.model.variant).preprocessing, config.image_size
         patch_fn = model_patch_fn(model, variables, image_size, preprocessing, temperature=temperature)
         whole_image = functools.partial(_whole_image_probs, patch_fn, image_size)
+        explain = functools.partial(
+            gradcam,
+            model,
+            variables,
+            preprocessing=preprocessing,
+            image_size=image_size,
+            patch_size=patch_config.size,
+        )
         if patch_config.mode != "shared":
             analyse = _exact_analyser(patch_fn, patch_config, device_multiple(patch_config.chunk_size))
         else:
             shared = SharedModel(model, variables, image_size, preprocessing, temperature=temperature)
             analyse = functools.partial(shared.analyse, size=patch_config.size, stride=patch_config.stride)
-        return cls(classes, patch_config, analyse, whole_image)
+        return cls(classes, patch_config, analyse, whole_image, explain)
 
     @classmethod
     def from_workdir(
@@ -143,6 +156,11 @@ class PatchClassifier:
             patch_config,
             trained.temperature,
         )
+
+    @property
+    def can_explain(self) -> bool:
+        """Whether ``explain`` works: the classifier was built from a model."""
+        return self._explain is not None
 
     def predict(self, image_or_path: str | os.PathLike | np.ndarray) -> dict[str, Any]:
         """Patch predictions, coverage, abstentions, major/secondary and whole-image class of one image.
@@ -192,3 +210,24 @@ class PatchClassifier:
             "seconds": time.perf_counter() - start,
             "notes": notes + list(analysis.notes),
         }
+
+    def explain(self, image_or_path: str | os.PathLike | np.ndarray, classes: Sequence[str]) -> np.ndarray:
+        """Grad-CAM heatmaps (len(classes), H, W) in [0, 1] of ``classes`` over the image, at its resolution.
+
+        The image is prepared as ``predict`` prepares it (``patch.image_scale``, upscaling) and analysed
+        whole at the model's patch scale (see ``explain.gradcam``). Only classifiers built from a model
+        (``from_model``, ``from_workdir``) can explain.
+        """
+        if self._explain is None:
+            raise ValueError(
+                "Grad-CAM needs the model: build the PatchClassifier with from_model or from_workdir "
+                "(one built from_patch_fn cannot explain)"
+            )
+        unknown = [name for name in classes if name not in self.classes]
+        if unknown:
+            raise ValueError(f"cannot explain {unknown}: not among the classes {list(self.classes)}")
+        _, image = _as_image(image_or_path)
+        config = self.patch_config
+        prepared, _ = prepare_image(image, config.size, config.image_scale)
+        heatmaps = self._explain(prepared, [self.classes.index(name) for name in classes])
+        return resize_maps(heatmaps, *image.shape[:2])

@@ -1,7 +1,9 @@
-"""The overlay picture of a patch-inference result: the photo under a class-coloured grid, legend, title."""
+"""Pictures of a patch-inference result: the overlay (the photo under a class-coloured grid, legend, title)
+and the Grad-CAM figure (the photo beside one heatmap per explained class)."""
 
 import math
 import textwrap
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -12,6 +14,7 @@ from matplotlib.patches import Patch
 
 from scenecls.data.images import resize
 from scenecls.patches.coverage import UNCERTAIN, UNCERTAIN_LABEL
+from scenecls.patches.explain import resize_maps
 
 MAX_DRAWN_SIDE = 1600  # larger photos are drawn downscaled: the grid, not the pixels, is the message
 MAX_SHOWN_ASPECT = 4  # thinner overlays are shown letterboxed onto a canvas this elongated
@@ -25,6 +28,10 @@ _MIN_CELL_FOR_LINES = 12  # drawn pixels per cell below which cell outlines woul
 # Uncertain patches: the photo in grey, hatched with dark diagonal lines (every pixel there is achromatic).
 _UNCERTAIN_GREY = 0.5
 _HATCH_PERIOD, _HATCH_WIDTH, _HATCH_GREY = 10, 2, 0.2  # drawn pixels
+_GRADCAM_COLUMNS = 3  # panels per row of the Grad-CAM figure
+_PANEL_MAX_SIDE = 800  # drawn pixels of one Grad-CAM panel's longer side
+_PANEL_INCHES = 5.0  # one panel's longer side
+_HEAT_ALPHA = 0.5  # the heatmap's share of a Grad-CAM panel's colour
 
 
 def class_colors(num_classes: int) -> np.ndarray:
@@ -179,5 +186,55 @@ def render(image: np.ndarray, result: dict[str, Any], path: str, max_side: int =
         fontsize=9,
         frameon=False,
     )
+    fig.savefig(path, format="png", dpi=_DPI)
+    fig.clear()
+
+
+def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, max_side: int = _PANEL_MAX_SIDE) -> np.ndarray:
+    """The (downscaled) photo with a heatmap (H, W) in [0, 1] blended over it in the jet colour map."""
+    drawn, _ = _downscaled(image, max_side)
+    heat = resize_maps(heatmap[None], *drawn.shape[:2])[0]
+    colors = colormaps["jet"](np.clip(heat, 0, 1))[..., :3]
+    return (np.clip((1 - _HEAT_ALPHA) * drawn + _HEAT_ALPHA * colors, 0, 1) * 255).astype(np.uint8)
+
+
+def _panel_title(result: dict[str, Any], name: str) -> str:
+    """'Cars: major, 48% coverage' for the panel of class ``name``."""
+    role = "major" if name == result["major"] else "secondary"
+    return f"{name}: {role}, {result['coverage'][name]:.0%} coverage"
+
+
+def render_gradcam(
+    image: np.ndarray, result: dict[str, Any], classes: Sequence[str], heatmaps: np.ndarray, path: str
+) -> None:
+    """Writes the Grad-CAM figure as a PNG to ``path``: the photo, then one panel per class of ``classes``
+    (the result's major and secondary ones) with its heatmap (k, H, W) over the photo, titled with its
+    coverage. Panels are letterboxed like the overlay, at most ``_GRADCAM_COLUMNS`` per row.
+    """
+    photo, _ = _downscaled(image, _PANEL_MAX_SIDE)
+    caption = "photo" if len(classes) else f"photo (no class to explain: every patch is {UNCERTAIN})"
+    panels = [(letterbox((photo * 255).astype(np.uint8)), caption)]
+    panels += [
+        (letterbox(heatmap_overlay(image, heatmap)), _panel_title(result, name))
+        for name, heatmap in zip(classes, heatmaps, strict=True)
+    ]
+    columns = min(len(panels), _GRADCAM_COLUMNS)
+    rows = math.ceil(len(panels) / columns)
+    height, width = panels[0][0].shape[:2]
+    panel_width = _PANEL_INCHES * min(1.0, width / height)
+    panel_height = _PANEL_INCHES * min(1.0, height / width)
+    fig_width = max(_MIN_FIGURE_WIDTH, columns * panel_width)
+    fig = Figure(
+        figsize=(fig_width, rows * (panel_height + 0.3) + _TEXT_INCHES), dpi=_DPI, layout="constrained"
+    )
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, (picture, panel_caption) in zip(axes, panels, strict=False):
+        ax.imshow(picture, interpolation="antialiased")
+        ax.set_title(panel_caption, fontsize=10)
+    heading = f"{title(result)}\nGrad-CAM (red: most evidence for the class)"
+    fig.suptitle(_wrapped(heading, fig_width), fontsize=10)
     fig.savefig(path, format="png", dpi=_DPI)
     fig.clear()

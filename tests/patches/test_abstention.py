@@ -14,6 +14,7 @@ from PIL import Image
 from scenecls import config as config_lib
 from scenecls.patches import PatchClassifier, run_inference, tally
 from scenecls.patches import run as infer_run
+from scenecls.patches.explain import explained_classes
 from scenecls.patches.render import overlay, render, title
 
 ABC = ("a", "b", "c")
@@ -219,6 +220,7 @@ def test_an_all_uncertain_result_renders_and_reads(tiny_config, tmp_path):
     assert Image.open(tmp_path / "all.png").size[0] >= 400
     row = infer_run.csv_row(result, "all.png", "all")
     assert row["major"] == "" and row["uncertain"] == "1.0000" and row["secondary"] == ""
+    assert explained_classes(result) == []
 
 
 def test_run_inference_writes_abstentions(tiny_config, tmp_path, monkeypatch, capsys):
