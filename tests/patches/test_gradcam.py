@@ -192,6 +192,7 @@ def _mean_mass_in_mask(model, variables) -> dict[str, float]:
     return {name: float(np.mean(values)) for name, values in masses.items()}
 
 
+@pytest.mark.slow  # with the training they share: about 30 s on 2 cores
 def test_gradcam_mass_lies_inside_each_class_mask(trained):
     _, model, initial, variables = trained
     measured = _mean_mass_in_mask(model, variables)
@@ -203,6 +204,7 @@ def test_gradcam_mass_lies_inside_each_class_mask(trained):
     assert not all(mass >= MIN_MASS for mass in untrained.values()), untrained
 
 
+@pytest.mark.slow  # with the training they share: about 30 s on 2 cores
 def test_run_inference_writes_gradcam_figures_and_arrays(trained, tmp_path, monkeypatch, capsys):
     config, model, _, variables = trained
     config = config.copy_and_resolve_references()
@@ -238,6 +240,7 @@ def test_run_inference_writes_gradcam_figures_and_arrays(trained, tmp_path, monk
             assert 800 <= figure.size[0] <= 1700 and figure.size[1] <= 2100
 
 
+@pytest.mark.slow  # with the training they share: about 30 s on 2 cores
 def test_a_gradcam_that_fails_keeps_the_json_and_overlay(trained, tmp_path, monkeypatch, capsys):
     config, model, _, variables = trained
     classifier = PatchClassifier.from_model(model, variables, TEXTURES, config)
