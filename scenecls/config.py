@@ -136,11 +136,16 @@ def default_config() -> ml_collections.ConfigDict:
     config.infer.inputs = ""  # files, folders or globs, comma separated
     config.infer.output_dir = ""  # empty: <workdir>/infer
     config.infer.demo_composites = 0  # > 0: after training, classify this many synthetic composites
+    # "gradcam": also <name>_gradcam.png, Grad-CAM heatmaps of the major and secondary classes.
+    config.infer.explain = ""
+    config.infer.save_arrays = False  # with explain: also the heatmaps as arrays, <name>_gradcam.npz
     config.patch = ml_collections.ConfigDict()
     config.patch.size = 224
     config.patch.stride = 112
     config.patch.image_scale = 0  # > 0: resize so the shorter side is this first
     config.patch.secondary_threshold = 0.05
+    # A patch whose top probability is below this abstains ("uncertain"); 0: every patch counts.
+    config.patch.min_confidence = 0.0
     config.patch.mode = "exact"  # exact | shared
     config.patch.chunk_size = 32
     return config
@@ -184,6 +189,7 @@ def _rules() -> tuple[tuple[str, Callable[[Any], bool], str], ...]:
     """(field, predicate, what it must be), checked in order; choices come from where each concept lives."""
     from scenecls.models import DTYPES, HEADS, VARIANTS
     from scenecls.patches.engines import MODES
+    from scenecls.patches.explain import METHODS
 
     return (
         ("seed", _integer(0), "an integer >= 0"),
@@ -222,12 +228,15 @@ def _rules() -> tuple[tuple[str, Callable[[Any], bool], str], ...]:
         ("cache_features.views", _integer(0), "an integer >= 0 (0: no augmented views)"),
         ("cache_features.dtype", *_one_of(CACHE_DTYPES)),
         ("infer.demo_composites", _integer(0), "an integer >= 0"),
+        ("infer.explain", *_one_of(METHODS)),
+        ("infer.save_arrays", lambda v: isinstance(v, bool), "True or False"),
         ("eval.tta", *_one_of(TTA)),
         ("calibrate", lambda v: isinstance(v, bool), "True or False"),
         ("patch.size", _integer(32), "an integer >= 32"),
         ("patch.stride", _integer(1), "an integer >= 1"),
         ("patch.image_scale", _integer(0), "an integer >= 0 (0: keep the original size)"),
         ("patch.secondary_threshold", _number(0, 1), "a fraction in [0, 1]"),
+        ("patch.min_confidence", _number(0, 1), "a number in [0, 1]"),
         ("patch.mode", *_one_of(MODES)),
         ("patch.chunk_size", _integer(1), "an integer >= 1"),
     )

@@ -165,7 +165,12 @@ def _predict(
     examples = -(-sum(prepared.counts[split]) // jax.process_count())
     steps = -(-examples // (eval_config.eval_batch_size // jax.process_count()))
     batches = console.progress(batches, total=steps, desc=desc, unit="batch")
-    return predict_split(trained.model, trained.variables, batches, preprocessing, mesh, config.eval.tta)
+    return predict_split(trained.model, trained.variables, batches, preprocessing, mesh, _tta(config))
+
+
+def _tta(config: ml_collections.ConfigDict) -> str:
+    """``config.eval.tta``; off for a config from before the field (e.g. a run's stored one)."""
+    return config.eval.get("tta", "")
 
 
 def calibrate(config: ml_collections.ConfigDict, workdir: str) -> float:
@@ -173,7 +178,7 @@ def calibrate(config: ml_collections.ConfigDict, workdir: str) -> float:
     (T = 1 with ``config.calibrate`` off) and returns it."""
     trained = load_for_inference(workdir)
     record: dict[str, Any] = {"temperature": 1.0, "calibrated": False}
-    if config.calibrate:
+    if config.get("calibrate", True):
         prepared = parallel.primary_first(lambda: builder.prepare(trained.config.data, workdir))
         result = _predict(config, trained, prepared, "validation", "Calibrating (validation)")
         temperature = calibration.fit_temperature(result["logits"], result["labels"])
@@ -209,7 +214,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if temperature != 1.0:
         probs = calibration.probabilities(result["logits"], temperature)
     summary = calibration.calibration_summary(result["logits"], result["labels"], temperature)
-    summary["tta"] = config.eval.tta
+    summary["tta"] = _tta(config)
     if parallel.is_primary():
         test_metrics = reports.evaluate_predictions(
             os.path.join(workdir, "eval"),

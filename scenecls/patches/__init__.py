@@ -2,9 +2,10 @@
 
 ``PatchClassifier`` is the API (``from_workdir(path).predict(image)``); ``run_inference`` is
 ``scenecls --mode=infer``. Modules: ``grid`` (window geometry), ``engines`` (exact patch probabilities,
-vmapped over jitted chunks, and the shared-feature approximation), ``coverage`` (coverage, major and
-secondary classes), ``patch_classifier`` (``PatchClassifier``), ``render`` (overlay PNG), ``run`` (files
-in, JSON/PNG/CSV out) and ``demo`` (the demo's synthetic composites).
+vmapped over jitted chunks, and the shared-feature approximation), ``coverage`` (coverage, abstentions,
+major and secondary classes), ``explain`` (Grad-CAM heatmaps), ``patch_classifier`` (``PatchClassifier``),
+``render`` (overlay and Grad-CAM PNGs), ``run`` (files in, JSON/PNG/CSV/NPZ out) and ``demo`` (the demo's
+synthetic composites).
 """
 
 from scenecls.patches.coverage import tally

@@ -147,6 +147,29 @@ def _window_probs(
     return calibration.softmax(logits, temperature)
 
 
+def model_scale_size(
+    height: int, width: int, image_size: int, patch_size: int, max_pixels: int = SHARED_MAX_PIXELS
+) -> tuple[tuple[int, int], list[str]]:
+    """The size (multiples of 32 px) at which a whole image is run through the backbone, and notes.
+
+    A ``patch_size`` patch becomes ``image_size`` px (the scale the model was trained at), so the aspect
+    ratio is kept up to 16 px per side; at least one patch each way; shrunk to ``max_pixels`` if larger.
+    """
+    window = image_size // FEATURE_STRIDE
+    ratio = image_size / patch_size
+    cells_h, cells_w = (max(window, round(s * ratio / FEATURE_STRIDE)) for s in (height, width))
+    notes = []
+    if cells_h * cells_w * FEATURE_STRIDE**2 > max_pixels:
+        shrink = math.sqrt(max_pixels / (cells_h * cells_w * FEATURE_STRIDE**2))
+        cells_h, cells_w = (max(window, math.floor(c * shrink)) for c in (cells_h, cells_w))
+        notes.append(
+            f"shared mode: analysed at {cells_w * FEATURE_STRIDE}x{cells_h * FEATURE_STRIDE} px "
+            f"(memory cap {max_pixels / 1e6:.1f} Mpx), so patches cover "
+            f"{1 / shrink:.2f}x more of the image; set patch.image_scale to choose the scale"
+        )
+    return (cells_h * FEATURE_STRIDE, cells_w * FEATURE_STRIDE), notes
+
+
 class SharedModel:
     """Shared-feature analysis with a model: the backbone once per image, the head once per window."""
 
@@ -175,18 +198,7 @@ class SharedModel:
 
     def model_scale_size(self, height: int, width: int, patch_size: int) -> tuple[tuple[int, int], list[str]]:
         """Size (multiples of 32 px) the backbone sees so a patch is ``window`` cells, and notes."""
-        ratio = self.image_size / patch_size
-        cells_h, cells_w = (max(self.window, round(s * ratio / FEATURE_STRIDE)) for s in (height, width))
-        notes = []
-        if cells_h * cells_w * FEATURE_STRIDE**2 > self.max_pixels:
-            shrink = math.sqrt(self.max_pixels / (cells_h * cells_w * FEATURE_STRIDE**2))
-            cells_h, cells_w = (max(self.window, math.floor(c * shrink)) for c in (cells_h, cells_w))
-            notes.append(
-                f"shared mode: analysed at {cells_w * FEATURE_STRIDE}x{cells_h * FEATURE_STRIDE} px "
-                f"(memory cap {self.max_pixels / 1e6:.1f} Mpx), so patches cover "
-                f"{1 / shrink:.2f}x more of the image; set patch.image_scale to choose the scale"
-            )
-        return (cells_h * FEATURE_STRIDE, cells_w * FEATURE_STRIDE), notes
+        return model_scale_size(height, width, self.image_size, patch_size, self.max_pixels)
 
     def stride_cells(self, stride: int, patch_size: int) -> int:
         """The stride in feature cells: nearest whole cell at model scale, ties to the smaller stride."""

@@ -12,7 +12,7 @@ import numpy as np
 from scenecls import config as config_lib
 from scenecls.data.images import load_rgb, resize
 from scenecls.models import Classifier, lookup_variant
-from scenecls.patches.coverage import tally
+from scenecls.patches.coverage import UNCERTAIN, class_name, tally
 from scenecls.patches.engines import (
     Analysis,
     PatchFn,
@@ -21,12 +21,35 @@ from scenecls.patches.engines import (
     device_multiple,
     model_patch_fn,
 )
+from scenecls.patches.explain import ExplainFn, gradcam, resize_maps
 from scenecls.patches.grid import prepare_image
 from scenecls.workdir import load_for_inference
 
 # uint8 image (H, W, 3) -> class probabilities (num_classes,).
 ImageFn = Callable[[np.ndarray], np.ndarray]
 Analyser = Callable[[np.ndarray], Analysis]
+
+
+def _as_image(image_or_path: str | os.PathLike | np.ndarray) -> tuple[str | None, np.ndarray]:
+    """(path or None, uint8 (H, W, 3) image) of a path (read with ``load_rgb``) or an array (checked)."""
+    if not isinstance(image_or_path, np.ndarray):
+        path = os.fspath(image_or_path)
+        return path, load_rgb(path)
+    image = image_or_path
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+        raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+    return None, image
+
+
+def _exact_analyser(patch_fn: PatchFn, patch_config: ml_collections.ConfigDict, chunk_size: int) -> Analyser:
+    """Exact mode's analysis with ``patch_fn``: every patch of ``patch_config``'s grid, by chunks."""
+    return functools.partial(
+        analyse_exact,
+        patch_fn=patch_fn,
+        size=patch_config.size,
+        stride=patch_config.stride,
+        chunk_size=chunk_size,
+    )
 
 
 def _whole_image_probs(patch_fn: PatchFn, size: int, image: np.ndarray) -> np.ndarray:
@@ -39,6 +62,7 @@ class PatchClassifier:
 
     Build it with ``from_workdir`` (a trained run), ``from_model`` or ``from_patch_fn`` (any function
     from uint8 patches to probabilities, e.g. an oracle in tests); ``predict`` returns the JSON fields.
+    Classifiers built from a model can also ``explain`` classes with Grad-CAM heatmaps.
     """
 
     def __init__(
@@ -47,12 +71,22 @@ class PatchClassifier:
         patch_config: ml_collections.ConfigDict,
         analyse: Analyser,
         whole_image: ImageFn,
+        explain: ExplainFn | None = None,
     ):
-        """Low-level: ``analyse`` maps a prepared image to patch probabilities, ``whole_image`` to one."""
+        """Low-level: ``analyse`` maps a prepared image to patch probabilities, ``whole_image`` to one;
+        ``explain`` a prepared image and class indices to heatmaps (None: this classifier cannot explain).
+        """
         config_lib.validate_patch(patch_config)
         self.classes = tuple(classes)
         self.patch_config = patch_config
-        self._analyse, self._whole_image = analyse, whole_image
+        # Absent from patch sections saved by runs older than abstention: no patch abstains.
+        self.min_confidence = patch_config.get("min_confidence", 0.0)
+        if self.min_confidence > 0 and UNCERTAIN in self.classes:
+            raise ValueError(
+                f"a class is called {UNCERTAIN!r}, the name of abstaining patches: "
+                "patch.min_confidence must be 0 with these classes"
+            )
+        self._analyse, self._whole_image, self._explain = analyse, whole_image, explain
 
     @classmethod
     def from_patch_fn(
@@ -69,15 +103,8 @@ class PatchClassifier:
         """
         if patch_config.mode == "shared":
             raise ValueError("shared mode needs a model (from_model); a patch function supports only 'exact'")
-        size = patch_config.size
-        analyse = functools.partial(
-            analyse_exact,
-            patch_fn=patch_fn,
-            size=size,
-            stride=patch_config.stride,
-            chunk_size=chunk_size or patch_config.chunk_size,
-        )
-        whole_image = whole_image or functools.partial(_whole_image_probs, patch_fn, size)
+        analyse = _exact_analyser(patch_fn, patch_config, chunk_size or patch_config.chunk_size)
+        whole_image = whole_image or functools.partial(_whole_image_probs, patch_fn, patch_config.size)
         return cls(classes, patch_config, analyse, whole_image)
 
     @classmethod
@@ -100,12 +127,20 @@ class PatchClassifier:
         preprocessing, image_size = lookup_variant(config.model.variant).preprocessing, config.image_size
         patch_fn = model_patch_fn(model, variables, image_size, preprocessing, temperature=temperature)
         whole_image = functools.partial(_whole_image_probs, patch_fn, image_size)
+        explain = functools.partial(
+            gradcam,
+            model,
+            variables,
+            preprocessing=preprocessing,
+            image_size=image_size,
+            patch_size=patch_config.size,
+        )
         if patch_config.mode != "shared":
-            chunk_size = device_multiple(patch_config.chunk_size)
-            return cls.from_patch_fn(patch_fn, classes, patch_config, whole_image, chunk_size)
-        shared = SharedModel(model, variables, image_size, preprocessing, temperature=temperature)
-        analyse = functools.partial(shared.analyse, size=patch_config.size, stride=patch_config.stride)
-        return cls(classes, patch_config, analyse, whole_image)
+            analyse = _exact_analyser(patch_fn, patch_config, device_multiple(patch_config.chunk_size))
+        else:
+            shared = SharedModel(model, variables, image_size, preprocessing, temperature=temperature)
+            analyse = functools.partial(shared.analyse, size=patch_config.size, stride=patch_config.stride)
+        return cls(classes, patch_config, analyse, whole_image, explain)
 
     @classmethod
     def from_workdir(
@@ -122,30 +157,31 @@ class PatchClassifier:
             trained.temperature,
         )
 
+    @property
+    def can_explain(self) -> bool:
+        """Whether ``explain`` works: the classifier was built from a model."""
+        return self._explain is not None
+
     def predict(self, image_or_path: str | os.PathLike | np.ndarray) -> dict[str, Any]:
-        """Patch predictions, coverage, major/secondary and whole-image class of one image.
+        """Patch predictions, coverage, abstentions, major/secondary and whole-image class of one image.
 
         Accepts a path (any format ``load_rgb`` reads; raises its ``ImageError``) or a uint8 (H, W, 3)
-        array. Boxes are in the original image's pixels.
+        array. Boxes are in the original image's pixels. A patch whose top probability is below
+        ``patch.min_confidence`` has class ``"uncertain"`` (and keeps that probability as its confidence);
+        see ``coverage.tally`` for how abstentions enter coverage, major and secondary.
         """
         start = time.perf_counter()
-        if isinstance(image_or_path, np.ndarray):
-            path, image = None, image_or_path
-            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
-                raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
-        else:
-            path = os.fspath(image_or_path)
-            image = load_rgb(path)
+        path, image = _as_image(image_or_path)
         config = self.patch_config
         prepared, notes = prepare_image(image, config.size, config.image_scale)
         analysis = self._analyse(prepared)
         whole = self._whole_image(image)
-        counts = tally(analysis.probs, self.classes, config.secondary_threshold)
+        counts = tally(analysis.probs, self.classes, config.secondary_threshold, self.min_confidence)
         height, width = image.shape[:2]
         scale = np.array([width / prepared.shape[1], height / prepared.shape[0]] * 2)
         boxes = np.clip(np.rint(analysis.boxes * scale), 0, [width, height] * 2).astype(int)
         patches = [
-            {"box": box.tolist(), "class": self.classes[label], "confidence": float(probs[label])}
+            {"box": box.tolist(), "class": class_name(label, self.classes), "confidence": float(probs.max())}
             for box, label, probs in zip(boxes, counts["labels"], analysis.probs, strict=True)
         ]
         return {
@@ -153,14 +189,45 @@ class PatchClassifier:
             "width": width,
             "height": height,
             "classes": list(self.classes),
-            "patch": {"size": config.size, "stride": config.stride, "mode": config.mode},
+            "patch": {
+                "size": config.size,
+                "stride": config.stride,
+                "mode": config.mode,
+                "min_confidence": self.min_confidence,
+            },
             "grid": {"rows": analysis.rows, "cols": analysis.cols},
             "patches": patches,
             "coverage": counts["coverage"],
             "prob_coverage": counts["prob_coverage"],
+            "uncertain": counts["uncertain"],
             "major": counts["major"],
             "secondary": counts["secondary"],
-            "whole_image": {"class": self.classes[int(whole.argmax())], "confidence": float(whole.max())},
+            "whole_image": {
+                "class": self.classes[int(whole.argmax())],
+                "confidence": float(whole.max()),
+                "uncertain": bool(whole.max() < self.min_confidence),
+            },
             "seconds": time.perf_counter() - start,
             "notes": notes + list(analysis.notes),
         }
+
+    def explain(self, image_or_path: str | os.PathLike | np.ndarray, classes: Sequence[str]) -> np.ndarray:
+        """Grad-CAM heatmaps (len(classes), H, W) in [0, 1] of ``classes`` over the image, at its resolution.
+
+        The image is prepared as ``predict`` prepares it (``patch.image_scale``, upscaling) and analysed
+        whole at the model's patch scale (see ``explain.gradcam``). Only classifiers built from a model
+        (``from_model``, ``from_workdir``) can explain.
+        """
+        if self._explain is None:
+            raise ValueError(
+                "Grad-CAM needs the model: build the PatchClassifier with from_model or from_workdir "
+                "(one built from_patch_fn cannot explain)"
+            )
+        unknown = [name for name in classes if name not in self.classes]
+        if unknown:
+            raise ValueError(f"cannot explain {unknown}: not among the classes {list(self.classes)}")
+        _, image = _as_image(image_or_path)
+        config = self.patch_config
+        prepared, _ = prepare_image(image, config.size, config.image_scale)
+        heatmaps = self._explain(prepared, [self.classes.index(name) for name in classes])
+        return resize_maps(heatmaps, *image.shape[:2])

@@ -1,4 +1,5 @@
-"""``scenecls --mode=infer``: patch inference over files, folders and globs, writing JSON, PNG and CSV."""
+"""``scenecls --mode=infer``: patch inference over files, folders and globs, writing JSON, PNG and CSV
+(and, with ``infer.explain``, Grad-CAM figures and arrays)."""
 
 import contextlib
 import csv
@@ -8,17 +9,22 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
 from scenecls import console, parallel
 from scenecls.data.images import ImageError, has_image_extension, is_ignored, load_rgb
+from scenecls.patches.explain import explained_classes
 from scenecls.patches.patch_classifier import PatchClassifier
-from scenecls.patches.render import render, title
+from scenecls.patches.render import render, render_gradcam, title
+
+# An image and class names -> their heatmaps (k, H, W) (``PatchClassifier.explain``).
+Explainer = Callable[[np.ndarray, Sequence[str]], np.ndarray]
 
 
 def expand_inputs(spec: str, exclude: str = "") -> tuple[list[str], list[str]]:
@@ -108,9 +114,10 @@ def csv_row(result: dict[str, Any] | None, path: str, name: str, error: str = ""
     row = {"file": path, "output": name, "major": "", "secondary": "", "whole_image": "", "error": error}
     if result:
         row.update(
-            major=result["major"],
+            major=result["major"] or "",  # None: every patch abstained (uncertain is then 1)
             whole_image=result["whole_image"]["class"],
             secondary=";".join(f"{s['class']}:{s['coverage']:.4f}" for s in result["secondary"]),
+            uncertain=f"{result['uncertain']['share']:.4f}",
         )
         row.update({f"coverage_{c}": f"{v:.4f}" for c, v in result["coverage"].items()})
     return row
@@ -118,7 +125,7 @@ def csv_row(result: dict[str, Any] | None, path: str, name: str, error: str = ""
 
 def _write_csv(rows: list[dict[str, Any]], classes: Sequence[str], path: str) -> None:
     coverage = [f"coverage_{c}" for c in classes]
-    fields = ["file", "output", "major", "secondary", "whole_image", *coverage, "error"]
+    fields = ["file", "output", "major", "secondary", "whole_image", *coverage, "uncertain", "error"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -148,8 +155,17 @@ def _predict(classifier: PatchClassifier, path: str) -> dict[str, Any]:
     return result
 
 
-def infer_files(classifier: PatchClassifier, paths: Sequence[str], out_dir: str) -> list[dict[str, Any]]:
+def infer_files(
+    classifier: PatchClassifier,
+    paths: Sequence[str],
+    out_dir: str,
+    gradcam: bool = False,
+    save_arrays: bool = False,
+) -> list[dict[str, Any]]:
     """Writes ``<name>.json`` and ``<name>.png`` per file, prints a line each; returns the summary.csv rows.
+
+    With ``gradcam`` also ``<name>_gradcam.png`` (and with ``save_arrays`` ``<name>_gradcam.npz``): the
+    Grad-CAM heatmaps of the major and secondary classes (``classifier`` must be built from a model).
 
     In a multi-process run the processes take one file each per round (process p: files p, p + P, ...);
     each round's results are gathered and only process 0 writes and prints. Any failure with one file
@@ -157,8 +173,9 @@ def infer_files(classifier: PatchClassifier, paths: Sequence[str], out_dir: str)
     on stderr and an ``error`` in its row, and the batch goes on (the traceback is logged at debug level).
     A file that was classified keeps its classes in its row even if writing its outputs failed; its JSON is
     written before its overlay, so an overlay that cannot be drawn costs only the PNG. Write failures are
-    known to process 0 only, which writes summary.csv.
+    known to process 0 only, which writes summary.csv (and computes the Grad-CAM heatmaps).
     """
+    explain = classifier.explain if gradcam else None
     if parallel.is_primary():
         os.makedirs(out_dir, exist_ok=True)
     rows = []
@@ -172,7 +189,7 @@ def infer_files(classifier: PatchClassifier, paths: Sequence[str], out_dir: str)
             if "error" in result:
                 error, result = result["error"], None
             elif parallel.is_primary():
-                error = _write_result(result, os.path.join(out_dir, name))
+                error = _write_result(result, os.path.join(out_dir, name), explain, save_arrays)
             else:
                 error = ""
             if error:
@@ -183,10 +200,16 @@ def infer_files(classifier: PatchClassifier, paths: Sequence[str], out_dir: str)
     return rows
 
 
-def _write_result(result: dict[str, Any], out_path: str) -> str:
-    """``<out_path>.json``, then ``.png``, of one result and its line on stdout; returns why not ("" if done).
+def _write_result(
+    result: dict[str, Any],
+    out_path: str,
+    explain: Explainer | None = None,
+    save_arrays: bool = False,
+) -> str:
+    """``<out_path>.json``, then ``.png`` (then the Grad-CAM outputs with ``explain``) of one result and its
+    line on stdout; returns why not ("" if done).
 
-    The overlay is not drawn when the JSON cannot be written; an output a failure interrupts is removed.
+    Nothing more is drawn once an output fails; an output a failure interrupts is removed.
     """
     path, json_path, png_path = result["image"], f"{out_path}.json", f"{out_path}.png"
     try:
@@ -196,16 +219,45 @@ def _write_result(result: dict[str, Any], out_path: str) -> str:
         _discard(json_path, e)
         return f"{path}: cannot write {json_path}: {_failure_reason(e)}"
     try:
-        render(load_rgb(path), result, png_path)
+        image = load_rgb(path)
+        render(image, result, png_path)
     except Exception as e:  # out of memory, a file changed since, a plotting bug: the JSON stands
         _discard(png_path, e)
         return f"{path}: overlay not drawn ({_failure_reason(e)}); {json_path} written"
+    written = ".json/.png"
+    if explain is not None:
+        gradcam_png, gradcam_npz = f"{out_path}_gradcam.png", f"{out_path}_gradcam.npz"
+        try:
+            _write_gradcam(image, result, explain, gradcam_png, gradcam_npz if save_arrays else None)
+        except Exception as e:  # as for the overlay: the JSON and the overlay stand
+            for output in (gradcam_png, gradcam_npz):
+                _discard(output, e)
+            return f"{path}: Grad-CAM not drawn ({_failure_reason(e)}); {json_path} and {png_path} written"
+        written += "/_gradcam.png" + ("/_gradcam.npz" if save_arrays else "")
     notes = "".join(f"\n  note: {note}" for note in result["notes"])
     console.say(
         f"{path}: {title(result)}; {len(result['patches'])} patches in {result['seconds']:.2f}s "
-        f"-> {out_path}.json/.png{notes}"
+        f"-> {out_path}{written}{notes}"
     )
     return ""
+
+
+def _write_gradcam(
+    image: np.ndarray,
+    result: dict[str, Any],
+    explain: Explainer,
+    png_path: str,
+    npz_path: str | None,
+) -> None:
+    """The Grad-CAM figure of the result's major and secondary classes, and their heatmaps if ``npz_path``.
+
+    The arrays: ``classes`` (k,) and ``heatmaps`` (k, H, W) float16 in [0, 1] at the image's resolution.
+    """
+    classes = explained_classes(result)
+    heatmaps = explain(image, classes)
+    if npz_path:
+        np.savez_compressed(npz_path, classes=np.array(classes, str), heatmaps=heatmaps.astype(np.float16))
+    render_gradcam(image, result, classes, heatmaps, png_path)
 
 
 def _discard(output: str, error: Exception) -> None:
@@ -219,7 +271,8 @@ def run_inference(config: ml_collections.ConfigDict, workdir: str) -> int:
     """Patch inference on ``config.infer.inputs`` with the best model of ``workdir``; returns the exit status.
 
     Outputs go to ``config.infer.output_dir`` (default ``<workdir>/infer``), with ``summary.csv`` when
-    there are several inputs. The status is 1 if any input failed or matched nothing, else 0.
+    there are several inputs, and Grad-CAM outputs with ``config.infer.explain=gradcam``. The status is
+    1 if any input failed or matched nothing, else 0.
     """
     out_dir = config.infer.output_dir or os.path.join(workdir, "infer")
     paths, errors = expand_inputs(config.infer.inputs, exclude=out_dir)
@@ -230,8 +283,11 @@ def run_inference(config: ml_collections.ConfigDict, workdir: str) -> int:
     if not paths:
         return 1
     classifier = PatchClassifier.from_workdir(workdir, config.patch)
+    gradcam = config.infer.explain == "gradcam"
+    if gradcam and not classifier.can_explain:
+        raise ValueError("config.infer.explain=gradcam needs a classifier built from a model")
     logging.info("Patch inference (%s mode) on %d images -> %s", config.patch.mode, len(paths), out_dir)
-    rows = infer_files(classifier, paths, out_dir)
+    rows = infer_files(classifier, paths, out_dir, gradcam=gradcam, save_arrays=config.infer.save_arrays)
     if len(paths) > 1 and parallel.is_primary():
         _write_csv(rows, classifier.classes, os.path.join(out_dir, "summary.csv"))
         console.say(f"Summary of {len(paths)} images: {os.path.join(out_dir, 'summary.csv')}")
