@@ -1,8 +1,10 @@
-"""What test-time augmentation does to test accuracy and calibration: ``eval.tta`` off, "flip", "flip_crops".
+"""What test-time augmentation does to test accuracy, and calibration to ECE: ``eval.tta`` off, "flip",
+"flip_crops", each with the run's fitted temperature.
 
 ``python experiments/tta_effect.py [--seeds 3] [--workdir DIR]`` trains the demo and the from-scratch digits
 run of ``views_accuracy.py`` once per seed (calibration on), then evaluates each trained model on its test
-split with every TTA setting, and prints test accuracy and ECE as mean ± standard deviation over the seeds.
+split with every TTA setting, and prints test accuracy, ECE before and after calibration and the fitted
+temperature as mean ± standard deviation over the seeds (the temperature is fitted without TTA).
 """
 
 import argparse
@@ -24,7 +26,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--workdir", help="keep the runs here (default: a temp dir)")
     args = parser.parse_args()
-    results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    results: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="scenecls_tta_") as scratch:
         root = args.workdir or scratch
         digits = write_digits(os.path.join(root, "digits_source"))
@@ -42,16 +44,28 @@ def main() -> None:
                 for tta in TTA:
                     config.eval.tta = tta
                     metrics = evaluate(config, workdir)
-                    results.setdefault((name, tta), []).append((metrics["accuracy"], metrics["ece"]))
+                    results.setdefault((name, tta), []).append(
+                        (
+                            metrics["accuracy"],
+                            metrics["ece_uncalibrated"],
+                            metrics["ece"],
+                            metrics["temperature"],
+                        )
+                    )
                     print(
                         f"{name} seed={seed} tta={tta or 'off'}: accuracy {metrics['accuracy']:.4f}",
                         flush=True,
                     )
-    print("\n| data | eval.tta | test accuracy | ECE (calibrated) | runs |\n|---|---|---|---|---|")
+    print(
+        "\n| data | eval.tta | test accuracy | ECE uncalibrated | ECE calibrated | temperature | runs |"
+        "\n|---|---|---|---|---|---|---|"
+    )
     for (name, tta), values in results.items():
-        accuracy, ece = zip(*values, strict=True)
+        accuracy, before, after, temperature = zip(*values, strict=True)
         print(
-            f"| {name} | {tta or 'off'} | {_spread(accuracy)} | {_spread(ece)} | {len(values)} |", flush=True
+            f"| {name} | {tta or 'off'} | {_spread(accuracy)} | {_spread(before)} | {_spread(after)} | "
+            f"{_spread(temperature)} | {len(values)} |",
+            flush=True,
         )
 
 

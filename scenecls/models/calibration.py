@@ -15,10 +15,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 FILE = "calibration.json"
 ECE_BINS = 15
-_LOG_T_RANGE = (-4.0, 4.0)  # T between 0.018 and 55
+_LOG_T_RANGE = (math.log(0.05), math.log(20.0))  # the temperatures searched
 
 
 def softmax(logits: Any, temperature: float = 1.0) -> Any:
@@ -40,10 +41,22 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> flo
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature minimising the NLL of ``labels`` (a bounded 1-D search over log T)."""
+    """The temperature minimising the NLL of ``labels`` (a bounded 1-D search over log T).
+
+    When the labels have no error to calibrate against (every top class right, as on a small, easy
+    validation split), the NLL only falls as T shrinks: no optimum exists and sharpening would claim
+    certainty the data cannot support, so T stays 1 (with a warning).
+    """
     from scipy.optimize import minimize_scalar
 
     if len(labels) == 0:
+        return 1.0
+    if np.all(np.asarray(logits).argmax(axis=1) == labels):
+        logging.warning(
+            "Calibration: all %d labels are the top class, so the NLL keeps falling as the temperature "
+            "shrinks: no optimum to fit, temperature left at 1",
+            len(labels),
+        )
         return 1.0
     result = minimize_scalar(
         lambda log_t: nll(logits, labels, math.exp(log_t)), bounds=_LOG_T_RANGE, method="bounded"

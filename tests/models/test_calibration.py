@@ -68,3 +68,11 @@ def test_an_over_confident_model_is_calibrated_on_held_out_data():
 
 def test_a_workdir_without_calibration_reads_temperature_one(tmp_path):
     assert calibration.read_temperature(str(tmp_path)) == 1.0
+
+
+def test_errorless_labels_leave_the_temperature_at_one():
+    """With no wrong top class the NLL falls as T -> 0: no optimum, so no sharpening."""
+    logits = np.array([[3.0, 0.0, 0.0], [0.0, 2.0, 1.0], [0.5, 0.0, 4.0]])
+    labels = np.array([0, 1, 2])
+    assert calibration.nll(logits, labels, 0.5) < calibration.nll(logits, labels, 1.0)  # sharper is "better"
+    assert calibration.fit_temperature(logits, labels) == 1.0
