@@ -18,7 +18,7 @@ from scenecls.data import builder, pipeline
 from scenecls.evaluation import html_report, metrics, reports
 from scenecls.models import Classifier, calibration, lookup_variant
 from scenecls.models.preprocessing import preprocess
-from scenecls.workdir import InferenceModel, WorkdirError, checkpoints, load_for_inference, run_files
+from scenecls.workdir import InferenceModel, WorkdirError, load_for_inference, run_files
 from scenecls.workdir.inference import final_stage
 
 
@@ -233,6 +233,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return test_metrics
 
 
+def _shown(path: str) -> str:
+    """``path`` relative to the current folder when it lies below it (as a user typed it), else absolute."""
+    relative = os.path.relpath(os.path.abspath(path))
+    return os.path.abspath(path) if relative.startswith("..") else relative
+
+
 def _write_report(
     workdir: str,
     trained: InferenceModel,
@@ -249,16 +255,16 @@ def _write_report(
     stage = final_stage(workdir)
     model = trained.config.model
     run = {
-        "Workdir": os.path.abspath(workdir),
-        "Split": f"{split} of {source_dir}",
+        "Workdir": _shown(workdir),
+        "Split": f"{split} of {_shown(source_dir)}",
         "Classes": ", ".join(trained.classes),
         "Images per split": ", ".join(f"{s} {sum(c)}" for s, c in prepared.counts.items()),
-        "Checkpoint": f"best of {stage}: {checkpoints.best_manager(workdir, stage).directory}",
+        "Checkpoint": f"best of {stage}: {_shown(os.path.join(workdir, 'checkpoints', f'best_{stage}'))}",
         "Model": f"ResNet-50 ({model.variant}), {model.head} head, {trained.config.image_size} px, "
         f"weights from {trained.config.pretrained}",
         "Calibration": f"temperature {trained.temperature:.3f}",
         "Test-time augmentation": test_metrics.get("tta") or "off",
-        "Config": os.path.join(os.path.abspath(workdir), "config.json"),
+        "Config": _shown(os.path.join(workdir, "config.json")),
     }
     plots = {
         "Confusion matrix (counts and row %)": html_report.png_uri(
