@@ -19,7 +19,6 @@ from scenecls.evaluation import html_report, metrics, reports
 from scenecls.models import Classifier, calibration, lookup_variant
 from scenecls.models.preprocessing import preprocess
 from scenecls.workdir import InferenceModel, WorkdirError, load_for_inference, run_files
-from scenecls.workdir.inference import final_stage
 
 
 def eval_step(
@@ -252,7 +251,7 @@ def _write_report(
     eval_dir = os.path.join(workdir, "eval")
     with open(prepared.report_path) as f:
         source_dir = json.load(f)["source_dir"]
-    stage = final_stage(workdir)
+    stage = trained.stage  # no checkpoint manager here: only process 0 writes the report
     model = trained.config.model
     run = {
         "Workdir": _shown(workdir),

@@ -20,6 +20,7 @@ class InferenceModel(NamedTuple):
     model: Classifier
     variables: dict[str, Any]
     temperature: float = 1.0  # fitted on validation after training (models.calibration); 1: none
+    stage: str = ""  # whose best checkpoint the variables are
 
 
 def final_stage(workdir: str) -> str:
@@ -40,9 +41,10 @@ def load_for_inference(workdir: str) -> InferenceModel:
       WorkdirError: no trained run, a newer format, or a corrupt best checkpoint (named in the message).
     """
     config, classes = read_run_config(workdir)
-    manager = checkpoints.best_manager(workdir, final_stage(workdir))
+    stage = final_stage(workdir)
+    manager = checkpoints.best_manager(workdir, stage)
     variables = checkpoints.restore_state(manager, manager.latest_step())
     variables = jax.tree_util.tree_map(jax.numpy.asarray, variables)
     model = build_classifier(config.model, num_classes=len(classes))
     temperature = calibration.read_temperature(workdir)
-    return InferenceModel(config, classes, model, variables, temperature)
+    return InferenceModel(config, classes, model, variables, temperature, stage)
