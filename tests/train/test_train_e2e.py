@@ -239,3 +239,54 @@ def test_evaluate_uses_the_runs_own_test_split(trained):
     again = evaluation.evaluate(bare, workdir)
     assert again["num_examples"] == metrics["num_examples"]
     assert again["accuracy"] == pytest.approx(metrics["accuracy"])
+
+
+def test_cli_evaluates_with_tta_and_infers_with_abstention_and_gradcam(trained, tmp_path):
+    """The new options from the command line: eval.tta, the report, patch.min_confidence, Grad-CAM."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    _, workdir, _ = trained
+    image = sorted(
+        os.path.join(root, name)
+        for root, _, names in os.walk(os.path.join(workdir, "synthetic_source", "Cars"))
+        for name in names
+    )[0]
+    common = [sys.executable, "-m", "scenecls.main", "--config=configs/tiny.py", f"--workdir={workdir}"]
+    evaluate = subprocess.run(
+        [*common, "--mode=evaluate", "--config.eval.tta=flip"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert evaluate.returncode == 0, evaluate.stderr[-2000:]
+    with open(os.path.join(workdir, "eval", "metrics.json")) as f:
+        assert json.load(f)["tta"] == "flip"
+    assert "eval/report.html" in evaluate.stdout
+    out = tmp_path / "infer"
+    infer = subprocess.run(
+        [
+            *common,
+            "--mode=infer",
+            f"--config.infer.inputs={image}",
+            f"--config.infer.output_dir={out}",
+            "--config.infer.explain=gradcam",
+            "--config.infer.save_arrays=true",
+            "--config.patch.min_confidence=0.99",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert infer.returncode == 0, infer.stderr[-2000:]
+    stem = os.path.splitext(os.path.basename(image))[0]
+    with open(out / f"{stem}.json") as f:
+        result = json.load(f)
+    assert result["patch"]["min_confidence"] == 0.99 and result["uncertain"]["count"] > 0
+    assert (out / f"{stem}_gradcam.png").stat().st_size > 0
+    with np.load(out / f"{stem}_gradcam.npz") as arrays:
+        assert arrays["heatmaps"].shape[1:] == tuple(result[k] for k in ("height", "width"))
