@@ -148,6 +148,23 @@ def default_config() -> ml_collections.ConfigDict:
     config.patch.min_confidence = 0.0
     config.patch.mode = "exact"  # exact | shared
     config.patch.chunk_size = 32
+
+    # --mode=serve: the web app and JSON API (scenecls/serve). Localhost only by default.
+    config.serve = ml_collections.ConfigDict()
+    config.serve.host = "127.0.0.1"
+    config.serve.port = 8080
+    # Micro-batching: patches of concurrent requests share forward passes of up to max_batch (0: the
+    # compiled chunk, patch.chunk_size), collected for at most max_wait_ms. False: one request's chunk a pass.
+    config.serve.batching = True
+    config.serve.max_batch = 0
+    config.serve.max_wait_ms = 5.0
+    # Requests being analysed or waiting at once; one more is answered 503 with Retry-After.
+    config.serve.max_pending = 64
+    config.serve.max_upload_mb = 20.0  # request body limit (413 above)
+    config.serve.max_pixels = 50_000_000  # decoded image limit (413 above; 50 Mpx is a 8000x6000 photo)
+    config.serve.max_patches = 4096  # per request (413 above): bounds the work of one image
+    config.serve.overlay_max_side = 1024  # px of the overlay PNG's longer side
+    config.serve.shutdown_timeout_s = 30.0  # on SIGTERM, requests in flight get this long to finish
     return config
 
 
@@ -239,6 +256,21 @@ def _rules() -> tuple[tuple[str, Callable[[Any], bool], str], ...]:
         ("patch.min_confidence", _number(0, 1), "a number in [0, 1]"),
         ("patch.mode", *_one_of(MODES)),
         ("patch.chunk_size", _integer(1), "an integer >= 1"),
+        ("serve.host", lambda v: isinstance(v, str) and bool(v), "a host name or address"),
+        (
+            "serve.port",
+            lambda v: _integer(1)(v) and v <= 65535,
+            "an integer in [1, 65535]",
+        ),
+        ("serve.batching", lambda v: isinstance(v, bool), "True or False"),
+        ("serve.max_batch", _integer(0), "an integer >= 0 (0: patch.chunk_size)"),
+        ("serve.max_wait_ms", _number(0, 1000), "a number of milliseconds in [0, 1000]"),
+        ("serve.max_pending", _integer(1), "an integer >= 1"),
+        ("serve.max_upload_mb", _number(0, low_open=True), "a number > 0"),
+        ("serve.max_pixels", _integer(1), "an integer >= 1"),
+        ("serve.max_patches", _integer(1), "an integer >= 1"),
+        ("serve.overlay_max_side", _integer(16), "an integer >= 16"),
+        ("serve.shutdown_timeout_s", _number(0), "a number >= 0"),
     )
 
 

@@ -7,7 +7,8 @@ Modes: ``train`` (prepare data, two-stage training, then test evaluation),
 (write the synthetic demo dataset to <workdir>/synthetic_source,
 to see the expected folder layout) and ``convert`` (read --config.pretrained
 once, strictly, and write it as a checkpoint in <workdir>/backbone that
-loads fast: --config.pretrained=<workdir>/backbone).
+loads fast: --config.pretrained=<workdir>/backbone) and ``serve`` (a web app
+and JSON API for patch inference on --config.serve.host:port).
 """
 
 import contextlib
@@ -26,7 +27,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for prepared data, checkpoints and outputs.")
 _MODE = flags.DEFINE_enum(
-    "mode", "train", ["train", "evaluate", "infer", "prepare", "synth", "convert"], "What to do."
+    "mode", "train", ["train", "evaluate", "infer", "prepare", "synth", "convert", "serve"], "What to do."
 )
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed",
@@ -82,6 +83,7 @@ def _run_mode(config, workdir: str, mode: str) -> int:
     from scenecls.evaluation import evaluate
     from scenecls.models import weights
     from scenecls.patches import demo, run_inference
+    from scenecls.serve import serve
     from scenecls.train import guard, train_and_evaluate
     from scenecls.workdir import lock as workdir_lock
 
@@ -104,6 +106,8 @@ def _run_mode(config, workdir: str, mode: str) -> int:
             evaluate(config, workdir)
         elif mode == "infer":
             return run_inference(config, workdir)
+        elif mode == "serve":
+            return serve(config, workdir)
         elif mode == "prepare":
             parallel.primary_first(lambda: builder.prepare(config.data, workdir))
         elif mode == "synth":

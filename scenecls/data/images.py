@@ -23,6 +23,10 @@ class ImageError(ValueError):
     """An image that cannot be decoded; ``str(e)`` is one line: ``<path>: <reason>``."""
 
 
+class ImageTooLarge(ImageError):
+    """An image with more pixels than allowed (or a decompression bomb); refused before decoding."""
+
+
 def is_ignored(path: str | os.PathLike) -> bool:
     """Whether a file or folder is hidden or system clutter (dot-files, ``._*``, ``Thumbs.db``, ...)."""
     name = os.path.basename(os.fspath(path).rstrip("/\\"))
@@ -34,29 +38,32 @@ def has_image_extension(path: str | os.PathLike) -> bool:
     return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
 
 
-def load_rgb(source: str | os.PathLike | bytes, draft_shorter_side: int | None = None) -> np.ndarray:
+def load_rgb(
+    source: str | os.PathLike | bytes, draft_shorter_side: int | None = None, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
     """Decodes an image to uint8 (H, W, 3): EXIF orientation applied, any mode converted, first frame only.
 
     Args:
       source: a file path or the encoded bytes.
       draft_shorter_side: if set, JPEGs may be decoded at a reduced scale (libjpeg DCT scaling) as long as the
         shorter side stays >= this; a large speed-up when the image is downsized afterwards anyway.
+      max_pixels: larger images are refused from their header, before decoding (at most ``MAX_PIXELS``).
 
     Raises:
-      ImageError: the data is not a decodable image, or is absurdly large.
+      ImageError: the data is not a decodable image; ``ImageTooLarge`` if it has over ``max_pixels`` pixels.
     """
     name = "<bytes>" if isinstance(source, bytes) else os.fspath(source)
     try:
         if isinstance(source, bytes):
-            return _decode(io.BytesIO(source), draft_shorter_side)
+            return _decode(io.BytesIO(source), draft_shorter_side, max_pixels)
         if os.path.getsize(source) == 0:
             raise ImageError("empty file (0 bytes)")
         with open(source, "rb") as f:
-            return _decode(f, draft_shorter_side)
+            return _decode(f, draft_shorter_side, max_pixels)
     except ImageError as e:
-        raise ImageError(f"{name}: {e}") from None
+        raise type(e)(f"{name}: {e}") from None
     except Image.DecompressionBombError as e:
-        raise ImageError(f"{name}: too many pixels to decode safely ({e})") from None
+        raise ImageTooLarge(f"{name}: too many pixels to decode safely ({e})") from None
     except Image.UnidentifiedImageError:
         raise ImageError(f"{name}: not a recognised image format (corrupt, or not an image)") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError, Warning) as e:
@@ -70,12 +77,13 @@ def load_rgb(source: str | os.PathLike | bytes, draft_shorter_side: int | None =
         raise ImageError(f"{name}: corrupt image data ({type(e).__name__}: {e})") from None
 
 
-def _decode(f: BinaryIO, draft_shorter_side: int | None) -> np.ndarray:
+def _decode(f: BinaryIO, draft_shorter_side: int | None, max_pixels: int) -> np.ndarray:
     """Opens, checks the size, decodes and converts one image file object."""
     with Image.open(f) as image:
         width, height = image.size
-        if width * height > MAX_PIXELS:
-            raise ImageError(f"{width}x{height} pixels is over the {MAX_PIXELS // 1_000_000} Mpx limit")
+        limit = min(max_pixels, MAX_PIXELS)
+        if width * height > limit:
+            raise ImageTooLarge(f"{width}x{height} pixels is over the {limit / 1e6:g} Mpx limit")
         if draft_shorter_side and image.format == "JPEG":
             image.draft("RGB", (draft_shorter_side, draft_shorter_side))
         image.load()

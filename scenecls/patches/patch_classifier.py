@@ -52,7 +52,7 @@ def _exact_analyser(patch_fn: PatchFn, patch_config: ml_collections.ConfigDict, 
     )
 
 
-def _whole_image_probs(patch_fn: PatchFn, size: int, image: np.ndarray) -> np.ndarray:
+def whole_image_probs(patch_fn: PatchFn, size: int, image: np.ndarray) -> np.ndarray:
     """Probabilities of the whole image squeezed to one ``size`` square."""
     return np.asarray(patch_fn(resize(image, size, size)[None]))[0]
 
@@ -104,7 +104,7 @@ class PatchClassifier:
         if patch_config.mode == "shared":
             raise ValueError("shared mode needs a model (from_model); a patch function supports only 'exact'")
         analyse = _exact_analyser(patch_fn, patch_config, chunk_size or patch_config.chunk_size)
-        whole_image = whole_image or functools.partial(_whole_image_probs, patch_fn, patch_config.size)
+        whole_image = whole_image or functools.partial(whole_image_probs, patch_fn, patch_config.size)
         return cls(classes, patch_config, analyse, whole_image)
 
     @classmethod
@@ -126,7 +126,7 @@ class PatchClassifier:
         patch_config = config.patch if patch_config is None else patch_config
         preprocessing, image_size = lookup_variant(config.model.variant).preprocessing, config.image_size
         patch_fn = model_patch_fn(model, variables, image_size, preprocessing, temperature=temperature)
-        whole_image = functools.partial(_whole_image_probs, patch_fn, image_size)
+        whole_image = functools.partial(whole_image_probs, patch_fn, image_size)
         explain = functools.partial(
             gradcam,
             model,

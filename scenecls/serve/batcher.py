@@ -1,0 +1,178 @@
+"""Micro-batching: one thread owns the device and runs every forward pass of the server.
+
+Requests submit rows (patches, or a whole image squeezed to the model's input) of a fixed shape. With
+batching on, the device thread takes the first waiting submission, then collects more of the same shape for
+at most ``max_wait_s`` or until ``max_batch`` rows, pads them to ``max_batch`` (one compiled shape) and runs
+one forward pass for all of them. With batching off, each submission is one forward pass on its own (as
+``--mode=infer`` does it: a request's chunk, padded by the request). Other device work (shared mode's
+whole-image analysis) runs on the same thread as a job, between batches.
+"""
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+from absl import logging
+
+# uint8 rows (n, ...) -> probabilities (n, num_classes), for any n up to the compiled batch.
+Forward = Callable[[np.ndarray], Any]
+
+
+class Pending:
+    """The probabilities of one submission, once the device thread has computed them.
+
+    ``np.asarray(pending)`` waits for them, so a ``Pending`` can stand where a patch function's (possibly
+    asynchronous) output is expected.
+    """
+
+    def __init__(self):
+        self._done = threading.Event()
+        self._value: np.ndarray | None = None
+        self._error: BaseException | None = None
+
+    def set(self, value: np.ndarray | None = None, error: BaseException | None = None) -> None:
+        self._value, self._error = value, error
+        self._done.set()
+
+    def result(self) -> np.ndarray:
+        """The probabilities (waits for them); re-raises the forward pass's error."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.asarray(self.result(), dtype=dtype)
+
+
+class _Rows(NamedTuple):
+    rows: np.ndarray
+    pending: Pending
+
+
+class _Job(NamedTuple):
+    fn: Callable[..., Any]
+    args: tuple
+    pending: Pending
+
+
+class BatchStats(NamedTuple):
+    """Counters since start: forward passes, rows computed (real, not padding), jobs run, rows waiting."""
+
+    forward_calls: int
+    rows: int
+    jobs: int
+    waiting: int
+
+
+class Batcher:
+    """The device thread and its queue; ``submit`` rows, ``call`` other device work; ``close`` when done."""
+
+    def __init__(self, forward: Forward, max_batch: int, max_wait_s: float, batching: bool = True):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.forward, self.max_batch, self.max_wait_s, self.batching = (
+            forward,
+            max_batch,
+            max_wait_s,
+            batching,
+        )
+        self._queue: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._forward_calls = self._rows = self._jobs = self._waiting = 0
+        self._thread = threading.Thread(target=self._loop, name="scenecls-device", daemon=True)
+        self._thread.start()
+
+    def submit(self, rows: np.ndarray) -> Pending:
+        """Queues ``rows`` (n, ...) for a forward pass; with batching, n <= ``max_batch``."""
+        if self.batching and len(rows) > self.max_batch:
+            raise ValueError(f"{len(rows)} rows exceed the batch of {self.max_batch}")
+        pending = Pending()
+        with self._lock:
+            self._waiting += len(rows)
+        self._queue.put(_Rows(rows, pending))
+        return pending
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the device thread (between batches); waits for it and returns its result."""
+        pending = Pending()
+        self._queue.put(_Job(fn, args, pending))
+        return pending.result()
+
+    def stats(self) -> BatchStats:
+        with self._lock:
+            return BatchStats(self._forward_calls, self._rows, self._jobs, self._waiting)
+
+    def close(self) -> None:
+        """Stops the device thread once everything queued before has run."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        carried = None  # an item taken while filling a batch that did not fit in it
+        while True:
+            item = carried if carried is not None else self._queue.get()
+            carried = None
+            if item is None:
+                return
+            if isinstance(item, _Job):
+                self._run_job(item)
+                continue
+            batch = [item]
+            if self.batching:
+                carried = self._fill(batch)
+            self._run(batch)
+
+    def _fill(self, batch: list[_Rows]) -> Any:
+        """Adds same-shaped submissions to ``batch`` until full or ``max_wait_s`` passed; returns the first
+        item that did not fit (None if none)."""
+        count, shape = len(batch[0].rows), batch[0].rows.shape[1:]
+        deadline = time.monotonic() + self.max_wait_s
+        while count < self.max_batch:
+            try:
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return None
+            fits = isinstance(item, _Rows) and item.rows.shape[1:] == shape
+            if not fits or count + len(item.rows) > self.max_batch:
+                return item
+            batch.append(item)
+            count += len(item.rows)
+        return None
+
+    def _run(self, batch: list[_Rows]) -> None:
+        """One forward pass for ``batch`` (padded to ``max_batch`` with batching); hands out the rows."""
+        rows = np.concatenate([item.rows for item in batch]) if len(batch) > 1 else batch[0].rows
+        count = len(rows)
+        if self.batching and count < self.max_batch:
+            rows = np.concatenate([rows, np.zeros((self.max_batch - count, *rows.shape[1:]), rows.dtype)])
+        try:
+            outputs = np.asarray(self.forward(rows))[:count]
+        except Exception as e:  # a device failure: every waiting request gets it, the thread lives on
+            logging.exception("Forward pass of %d rows failed", count)
+            for item in batch:
+                item.pending.set(error=e)
+            outputs = None
+        with self._lock:
+            self._forward_calls += 1
+            self._rows += count
+            self._waiting -= count
+        if outputs is None:
+            return
+        start = 0
+        for item in batch:
+            item.pending.set(outputs[start : start + len(item.rows)])
+            start += len(item.rows)
+
+    def _run_job(self, job: _Job) -> None:
+        try:
+            value = job.fn(*job.args)
+        except Exception as e:
+            job.pending.set(error=e)
+        else:
+            job.pending.set(value)
+        with self._lock:
+            self._jobs += 1
