@@ -97,10 +97,10 @@ function showResult(card, result) {
   card.dataset.state = "done";
 }
 
-async function classify(file) {
+async function classify(file, batch) {
   const card = element("article", { class: "card", "data-state": "busy" },
     element("h2", {}, file.name), element("p", { class: "spinner" }, "Classifying…"));
-  $("results").prepend(card);
+  batch.append(card);
   const query = new URLSearchParams({ mode: $("mode").value, stride: $("stride").value, threshold: $("threshold").value });
   const form = new FormData();
   form.append("file", file, file.name);
@@ -121,7 +121,9 @@ function run(files) {
   lastFiles = [...files];
   $("again").disabled = lastFiles.length === 0;
   showError("");
-  lastFiles.forEach(classify);
+  const batch = element("div", { class: "batch" });  // newest selection first, its photos in order
+  $("results").prepend(batch);
+  lastFiles.forEach((file) => classify(file, batch));
 }
 
 document.addEventListener("DOMContentLoaded", () => {
