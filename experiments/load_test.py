@@ -128,7 +128,9 @@ class RssSampler:
         self._thread.join()
 
 
-async def load(url: str, payloads: list[tuple[bytes, bool]], clients: int, requests: int, seed: int) -> dict:
+async def load(
+    url: str, payloads: list[tuple[bytes, bool]], clients: int, requests: int, seed: int, query: str = ""
+) -> dict:
     """``clients`` concurrent clients x ``requests`` each: status counts, photo latencies, wall time."""
     statuses: Counter = Counter()
     latencies: list[float] = []
@@ -139,7 +141,7 @@ async def load(url: str, payloads: list[tuple[bytes, bool]], clients: int, reque
             data, is_photo = payloads[rng.integers(len(payloads))]
             start = time.perf_counter()
             try:
-                response = await http.post(f"{url}/api/classify", content=data)
+                response = await http.post(f"{url}/api/classify{query}", content=data)
                 status = str(response.status_code)
             except httpx.HTTPError as e:
                 status = type(e).__name__
@@ -188,6 +190,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating on/off load phases per server")
     parser.add_argument("--bad_share", type=float, default=0.1, help="share of bad files among requests")
     parser.add_argument("--photos", type=int, default=16, help="distinct photos")
+    parser.add_argument("--no_overlay", action="store_true", help="ask for the JSON only (?overlay=false)")
     parser.add_argument("--server_flag", action="append", default=[], help="extra flag for both servers")
     parser.add_argument("--json", default="", help="also write the results here")
     args = parser.parse_args()
@@ -215,8 +218,9 @@ def main() -> None:
         for round_index in range(args.rounds):
             for batching, server in servers.items():
                 print(f"round {round_index + 1}/{args.rounds}, batching {'on' if batching else 'off'} ...")
+                query = "?overlay=false" if args.no_overlay else ""
                 run = asyncio.run(
-                    load(server["url"], payloads, args.clients, args.requests, seed=round_index)
+                    load(server["url"], payloads, args.clients, args.requests, round_index, query)
                 )
                 server["runs"].append(run)
                 server["rss_after_round"] = server.get("rss_after_round", []) + [server["rss"].now()]
@@ -228,6 +232,7 @@ def main() -> None:
             server["exit"] = server["process"].wait(120)
 
     results = {"cpu": cpu_name(), "clients": args.clients, "requests_per_client": args.requests}
+    results["overlay"], results["server_flags"] = not args.no_overlay, args.server_flag
     results["rounds"], results["payloads"] = args.rounds, {"photos": len(good), "bad": bad_count}
     for batching, server in servers.items():
         results["on" if batching else "off"] = {
@@ -250,7 +255,7 @@ def table(results: dict) -> str:
     lines = [
         f"{results['clients']} clients x {results['requests_per_client']} requests x {results['rounds']} "
         f"rounds per server ({results['payloads']['photos']} photos, {results['payloads']['bad']} bad files "
-        f"in the mix); {results['cpu']}",
+        f"in the mix, overlay {'on' if results['overlay'] else 'off'}); {results['cpu']}",
         "",
         "| batching | requests/s | photos/s | p50 s | p95 s | p99 s | status codes | RSS warm / peak / after "
         "each round (MB) | exit |",
