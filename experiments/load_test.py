@@ -73,12 +73,8 @@ def free_port() -> int:
 def start_server(config: str, workdir: str, batching: bool, extra: list[str]) -> tuple[subprocess.Popen, str]:
     """A ``--mode=serve`` process on a free localhost port, once it answers /api/health."""
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "scenecls.main",
-        f"--config={config}",
-        f"--workdir={workdir}",
+    command = [sys.executable, "-m", "scenecls.main", f"--config={config}", f"--workdir={workdir}"]
+    command += [
         "--mode=serve",
         "--config.serve.host=127.0.0.1",
         f"--config.serve.port={port}",

@@ -22,14 +22,7 @@ import scenecls
 from scenecls import config as config_lib
 from scenecls.data.images import ImageTooLarge, load_rgb
 from scenecls.models import lookup_variant
-from scenecls.patches.engines import (
-    Analysis,
-    PatchFn,
-    SharedModel,
-    analyse_exact,
-    device_multiple,
-    model_patch_fn,
-)
+from scenecls.patches import engines
 from scenecls.patches.grid import patch_grid
 from scenecls.patches.patch_classifier import PatchClassifier, whole_image_probs
 from scenecls.patches.render import class_colors, overlay
@@ -83,9 +76,9 @@ class Service:
         self,
         classes: tuple[str, ...],
         config: ml_collections.ConfigDict,
-        forward: PatchFn,
+        forward: engines.PatchFn,
         image_size: int,
-        shared: SharedModel | None = None,
+        shared: engines.SharedModel | None = None,
         info: dict[str, Any] | None = None,
     ):
         """``forward`` maps uint8 rows (n, s, s, 3) to probabilities, resizing to ``image_size`` inside;
@@ -93,7 +86,7 @@ class Service:
         config_lib.validate({"patch": config.patch, "serve": config.serve})
         self.classes, self.patch, self.limits = tuple(classes), config.patch, config.serve
         self.image_size, self.shared, self.info = image_size, shared, dict(info or {})
-        self.chunk_size = device_multiple(self.patch.chunk_size)
+        self.chunk_size = engines.device_multiple(self.patch.chunk_size)
         max_batch = self.limits.max_batch or self.chunk_size
         self.batcher = Batcher(forward, max_batch, self.limits.max_wait_ms / 1000, self.limits.batching)
         self._pending = 0
@@ -106,8 +99,11 @@ class Service:
         preprocessing = lookup_variant(trained.config.model.variant).preprocessing
         image_size = trained.config.image_size
         args = (trained.model, trained.variables, image_size, preprocessing)
-        forward = model_patch_fn(*args, temperature=trained.temperature)
-        shared = SharedModel(*args, temperature=trained.temperature) if image_size % 32 == 0 else None
+        forward = engines.model_patch_fn(*args, temperature=trained.temperature)
+        try:
+            shared = engines.SharedModel(*args, temperature=trained.temperature)
+        except ValueError:  # an image size the feature map does not divide: exact mode only
+            shared = None
         info = {
             "workdir": workdir,
             "stage": trained.stage,
@@ -178,7 +174,8 @@ class Service:
         patch = patch_config_for(self.patch, mode, stride, threshold)
         if patch.mode == "shared" and self.shared is None:
             raise RequestError(
-                422, f"shared mode needs an image_size divisible by 32 (the model's: {self.image_size})"
+                422,
+                f"shared mode needs an image_size divisible by 32 (this model: {self.image_size}); use exact",
             )
         start = time.perf_counter()
         try:
@@ -213,7 +210,7 @@ class Service:
         }
         return result
 
-    def _analyse(self, patch: ml_collections.ConfigDict, name: str, prepared: np.ndarray) -> Analysis:
+    def _analyse(self, patch: ml_collections.ConfigDict, name: str, prepared: np.ndarray) -> engines.Analysis:
         """The patch probabilities of a prepared image: exact mode through the batcher, shared as a job."""
         count = len(patch_grid(prepared.shape[0], prepared.shape[1], patch.size, patch.stride).boxes)
         if count > self.limits.max_patches:
@@ -226,7 +223,7 @@ class Service:
             return self.batcher.call(self.shared.analyse, prepared, patch.size, patch.stride)
         # With batching, each patch is its own submission, so patches of many requests fill one batch.
         chunk_size = 1 if self.batcher.batching else self.chunk_size
-        return analyse_exact(prepared, self.batcher.submit, patch.size, patch.stride, chunk_size)
+        return engines.analyse_exact(prepared, self.batcher.submit, patch.size, patch.stride, chunk_size)
 
     def _whole(self, keep: list[np.ndarray], image: np.ndarray) -> np.ndarray:
         """The whole image's probabilities (through the batcher), also appended to ``keep``."""
