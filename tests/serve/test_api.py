@@ -262,3 +262,11 @@ def test_concurrent_requests_share_forward_passes(batching):
         assert max(forward.calls) >= 8 and len(forward.calls) <= math.ceil(rows / 8) + len(COLOURS)
     else:
         assert len(forward.calls) == 2 * len(COLOURS)  # a request's chunk of patches, then its whole image
+
+
+@pytest.mark.parametrize(
+    "field,value", [("port", 0), ("max_wait_ms", -1.0), ("max_pending", 0), ("max_upload_mb", 0.0)]
+)
+def test_serve_settings_are_validated(field, value):
+    with pytest.raises(ValueError, match=f"config.serve.{field}="):
+        _stand_in_service(_colour_probs, **{field: value})
