@@ -40,15 +40,14 @@ from scenecls.data import synthetic
 from scenecls.data.images import encode_jpeg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PHOTO_SIZES = ((240, 320), (300, 400), (360, 480), (480, 640))
+PHOTO_SIZES = "240x320,300x400,360x480,480x640"  # height x width
 
 
-def photos(count: int, seed: int = 0) -> list[bytes]:
-    """``count`` synthetic scene composites as JPEG bytes, cycling through ``PHOTO_SIZES``."""
+def photos(count: int, sizes: str = PHOTO_SIZES, seed: int = 0) -> list[bytes]:
+    """``count`` synthetic scene composites as JPEG bytes, cycling through ``sizes``."""
+    shapes = [tuple(int(n) for n in size.split("x")) for size in sizes.split(",")]
     return [
-        encode_jpeg(
-            synthetic.make_composite(*PHOTO_SIZES[i % len(PHOTO_SIZES)], seed=seed + i)[0], quality=90
-        )
+        encode_jpeg(synthetic.make_composite(*shapes[i % len(shapes)], seed=seed + i)[0], quality=90)
         for i in range(count)
     ]
 
@@ -130,6 +129,7 @@ async def load(
     """``clients`` concurrent clients x ``requests`` each: status counts, photo latencies, wall time."""
     statuses: Counter = Counter()
     latencies: list[float] = []
+    phases: Counter = Counter()  # the server's own timing of the photos, summed
 
     async def client(index: int, http: httpx.AsyncClient) -> None:
         rng = np.random.default_rng([seed, index])
@@ -144,13 +144,14 @@ async def load(
             statuses[status] += 1
             if is_photo and status == "200":
                 latencies.append(time.perf_counter() - start)
+                phases.update(response.json()["timing"])
 
     limits = httpx.Limits(max_connections=clients)
     async with httpx.AsyncClient(timeout=300, limits=limits) as http:
         start = time.perf_counter()
         await asyncio.gather(*(client(i, http) for i in range(clients)))
         wall = time.perf_counter() - start
-    return {"statuses": statuses, "latencies": latencies, "wall": wall}
+    return {"statuses": statuses, "latencies": latencies, "wall": wall, "phases": phases}
 
 
 def summary(runs: list[dict]) -> dict:
@@ -159,6 +160,7 @@ def summary(runs: list[dict]) -> dict:
     latencies = np.concatenate([run["latencies"] for run in runs]) if runs else np.zeros(0)
     wall = sum(run["wall"] for run in runs)
     p50, p95, p99 = np.percentile(latencies, [50, 95, 99]) if len(latencies) else (np.nan,) * 3
+    phases = sum((run["phases"] for run in runs), Counter())
     return {
         "requests": sum(statuses.values()),
         "requests_per_s": sum(statuses.values()) / wall,
@@ -167,6 +169,7 @@ def summary(runs: list[dict]) -> dict:
         "p95_s": p95,
         "p99_s": p99,
         "statuses": dict(sorted(statuses.items())),
+        "server_mean_s": {phase: total / max(1, len(latencies)) for phase, total in sorted(phases.items())},
         "wall_s": wall,
     }
 
@@ -186,6 +189,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating on/off load phases per server")
     parser.add_argument("--bad_share", type=float, default=0.1, help="share of bad files among requests")
     parser.add_argument("--photos", type=int, default=16, help="distinct photos")
+    parser.add_argument("--sizes", default=PHOTO_SIZES, help="photo sizes, HxW, comma separated")
     parser.add_argument("--no_overlay", action="store_true", help="ask for the JSON only (?overlay=false)")
     parser.add_argument("--server_flag", action="append", default=[], help="extra flag for both servers")
     parser.add_argument("--json", default="", help="also write the results here")
@@ -195,7 +199,7 @@ def main() -> None:
     workdir = args.workdir or os.path.join(scratch, "run")
     if not args.workdir:
         shutil.copytree(os.path.join(REPO, "tests", "fixtures", "run_v1"), workdir)
-    good = [(data, True) for data in photos(args.photos)]
+    good = [(data, True) for data in photos(args.photos, args.sizes)]
     bad = [(data, False) for data in bad_files()]
     bad_count = (
         max(len(bad), round(len(good) * args.bad_share / (1 - args.bad_share))) if args.bad_share else 0
@@ -207,8 +211,8 @@ def main() -> None:
         for batching in (True, False):
             process, url = start_server(args.config, workdir, batching, args.server_flag)
             servers[batching] = {"process": process, "url": url, "rss": RssSampler(process.pid), "runs": []}
-        for server in servers.values():  # warm-up: every photo size once, then the baseline RSS
-            asyncio.run(load(server["url"], good[: len(PHOTO_SIZES)] * 2, 4, 2, seed=0))
+        for server in servers.values():  # warm-up at full concurrency, then the baseline RSS
+            asyncio.run(load(server["url"], payloads, args.clients, 1, seed=1000))
             server["rss_warm"] = server["rss"].now()
             server["rss"].reset()
         for round_index in range(args.rounds):
@@ -229,6 +233,7 @@ def main() -> None:
 
     results = {"cpu": cpu_name(), "clients": args.clients, "requests_per_client": args.requests}
     results["overlay"], results["server_flags"] = not args.no_overlay, args.server_flag
+    results["sizes"] = args.sizes
     results["rounds"], results["payloads"] = args.rounds, {"photos": len(good), "bad": bad_count}
     for batching, server in servers.items():
         results["on" if batching else "off"] = {
@@ -250,8 +255,9 @@ def table(results: dict) -> str:
     """The results as a Markdown table and a line of context."""
     lines = [
         f"{results['clients']} clients x {results['requests_per_client']} requests x {results['rounds']} "
-        f"rounds per server ({results['payloads']['photos']} photos, {results['payloads']['bad']} bad files "
-        f"in the mix, overlay {'on' if results['overlay'] else 'off'}); {results['cpu']}",
+        f"rounds per server ({results['payloads']['photos']} photos of {results['sizes']} px and "
+        f"{results['payloads']['bad']} bad files in the mix, overlay {results['overlay']}, "
+        f"server flags {' '.join(results['server_flags']) or 'none'}); {results['cpu']}",
         "",
         "| batching | requests/s | photos/s | p50 s | p95 s | p99 s | status codes | RSS warm / peak / after "
         "each round (MB) | exit |",
@@ -267,6 +273,11 @@ def table(results: dict) -> str:
             f"{r['rss_peak_mb']:.0f} / {after} | {r['exit_status']} |"
         )
     lines.append(f"\nPhotos/s with micro-batching / without: {results['speedup']:.2f}x")
+    for key in ("on", "off"):
+        phases = ", ".join(
+            f"{k.removesuffix('_s')} {v:.3f}" for k, v in results[key]["server_mean_s"].items()
+        )
+        lines.append(f"Server time per photo (mean s), batching {key}: {phases}")
     return "\n".join(lines)
 
 
