@@ -53,23 +53,33 @@ class Analysis(NamedTuple):
     notes: tuple[str, ...] = ()
 
 
-def classify_boxes(image: np.ndarray, boxes: np.ndarray, patch_fn: PatchFn, chunk_size: int) -> np.ndarray:
-    """Probabilities (n, num_classes) of equal-sized square integer ``boxes`` of ``image``, chunk by chunk."""
+def classify_boxes(
+    image: np.ndarray, boxes: np.ndarray, patch_fn: PatchFn, chunk_size: int, pad: bool = True
+) -> np.ndarray:
+    """Probabilities (n, num_classes) of equal-sized square integer ``boxes`` of ``image``, chunk by chunk.
+
+    The last chunk is zero-padded to ``chunk_size`` (one compiled shape) unless ``pad`` is False, for a
+    ``patch_fn`` that pads batches itself (the server's micro-batcher).
+    """
     size = int(boxes[0, 2] - boxes[0, 0]) if len(boxes) else 0
     outputs = []
     for start in range(0, len(boxes), chunk_size):
         chunk_boxes = boxes[start : start + chunk_size]
-        chunk = np.zeros((chunk_size, size, size, 3), np.uint8)  # new: the device may still read the last
+        rows = chunk_size if pad else len(chunk_boxes)
+        chunk = np.zeros((rows, size, size, 3), np.uint8)  # new: the device may still read the last
         for i, (x0, y0, x1, y1) in enumerate(chunk_boxes):
             chunk[i] = image[y0:y1, x0:x1]
         outputs.append((patch_fn(chunk), len(chunk_boxes)))  # asynchronous: crop the next chunk meanwhile
     return np.concatenate([np.asarray(out)[:count] for out, count in outputs])
 
 
-def analyse_exact(image: np.ndarray, patch_fn: PatchFn, size: int, stride: int, chunk_size: int) -> Analysis:
-    """Classifies every ``size`` patch of ``image`` (``stride`` px apart) with ``patch_fn``, by chunks."""
+def analyse_exact(
+    image: np.ndarray, patch_fn: PatchFn, size: int, stride: int, chunk_size: int, pad: bool = True
+) -> Analysis:
+    """Classifies every ``size`` patch of ``image`` (``stride`` px apart) with ``patch_fn``, by chunks
+    (the last one padded unless not ``pad``: see ``classify_boxes``)."""
     grid = patch_grid(image.shape[0], image.shape[1], size, stride)
-    probs = classify_boxes(image, grid.boxes, patch_fn, chunk_size)
+    probs = classify_boxes(image, grid.boxes, patch_fn, chunk_size, pad)
     return Analysis(boxes=grid.boxes.astype(np.float64), rows=grid.rows, cols=grid.cols, probs=probs)
 
 

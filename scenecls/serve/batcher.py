@@ -1,10 +1,11 @@
 """Micro-batching: one thread owns the device and runs every forward pass of the server.
 
-Requests submit rows (patches, or a whole image squeezed to the model's input) of a fixed shape. With
-batching on, the device thread takes the first waiting submission, then collects more of the same shape for
-at most ``max_wait_s`` or until ``max_batch`` rows, pads them to ``max_batch`` (one compiled shape) and runs
-one forward pass for all of them. With batching off, each submission is one forward pass on its own (as
-``--mode=infer`` does it: a request's chunk, padded by the request). Other device work (shared mode's
+Requests submit rows (a chunk of patches, or a whole image squeezed to the model's input) of a fixed shape.
+With batching on, the device thread takes the first waiting submission, then collects more of the same
+shape for at most ``max_wait_s`` or until ``max_batch`` rows (splitting a submission that does not fit, its
+rest starts the next batch), pads them to ``max_batch`` (one compiled shape) and runs one forward pass for
+all of them. With batching off, each submission is one forward pass on its own (as ``--mode=infer`` does
+it: a request's chunk, padded by the request). Other device work (shared mode's
 whole-image analysis) runs on the same thread as a job, between batches.
 """
 
@@ -22,22 +23,33 @@ Forward = Callable[[np.ndarray], Any]
 
 
 class Pending:
-    """The probabilities of one submission, once the device thread has computed them.
+    """The probabilities of one submission (or a job's result), once the device thread has computed them.
 
     ``np.asarray(pending)`` waits for them, so a ``Pending`` can stand where a patch function's (possibly
-    asynchronous) output is expected.
+    asynchronous) output is expected. Only the device thread writes it.
     """
 
-    def __init__(self):
+    def __init__(self, rows: int = 0):
         self._done = threading.Event()
-        self._value: np.ndarray | None = None
+        self._value: Any = None
         self._error: BaseException | None = None
+        self._rows, self._missing = rows, rows
 
-    def set(self, value: np.ndarray | None = None, error: BaseException | None = None) -> None:
+    def put(self, start: int, values: np.ndarray) -> None:
+        """Rows ``start:start + len(values)`` of the submission's result; done when every row is in."""
+        if self._value is None:
+            self._value = np.empty((self._rows, *values.shape[1:]), values.dtype)
+        self._value[start : start + len(values)] = values
+        self._missing -= len(values)
+        if self._missing == 0:
+            self._done.set()
+
+    def finish(self, value: Any = None, error: BaseException | None = None) -> None:
+        """A job's result, or the error of the whole submission."""
         self._value, self._error = value, error
         self._done.set()
 
-    def result(self) -> np.ndarray:
+    def result(self) -> Any:
         """The probabilities (waits for them); re-raises the forward pass's error."""
         self._done.wait()
         if self._error is not None:
@@ -51,6 +63,7 @@ class Pending:
 class _Rows(NamedTuple):
     rows: np.ndarray
     pending: Pending
+    start: int = 0  # where these rows go in the submission's result (a submission may be split)
 
 
 class _Job(NamedTuple):
@@ -87,10 +100,12 @@ class Batcher:
         self._thread.start()
 
     def submit(self, rows: np.ndarray) -> Pending:
-        """Queues ``rows`` (n, ...) for a forward pass; with batching, n <= ``max_batch``."""
-        if self.batching and len(rows) > self.max_batch:
+        """Queues ``rows`` (n, ...) for a forward pass (several with batching, if n > ``max_batch``)."""
+        if not len(rows):
+            raise ValueError("nothing to submit (0 rows)")
+        if not self.batching and len(rows) > self.max_batch:
             raise ValueError(f"{len(rows)} rows exceed the batch of {self.max_batch}")
-        pending = Pending()
+        pending = Pending(len(rows))
         with self._lock:
             self._waiting += len(rows)
         self._queue.put(_Rows(rows, pending))
@@ -121,14 +136,26 @@ class Batcher:
             if isinstance(item, _Job):
                 self._run_job(item)
                 continue
-            batch = [item]
-            if self.batching:
+            if not self.batching:
+                self._run([item])
+                continue
+            first, carried = self._split(item, self.max_batch)
+            batch = [first]
+            if carried is None:
                 carried = self._fill(batch)
             self._run(batch)
 
+    @staticmethod
+    def _split(item: _Rows, room: int) -> tuple[_Rows, _Rows | None]:
+        """``item`` cut to at most ``room`` rows, and the rest (None if nothing is left)."""
+        if len(item.rows) <= room:
+            return item, None
+        rest = item._replace(rows=item.rows[room:], start=item.start + room)
+        return item._replace(rows=item.rows[:room]), rest
+
     def _fill(self, batch: list[_Rows]) -> Any:
-        """Adds same-shaped submissions to ``batch`` until full or ``max_wait_s`` passed; returns the first
-        item that did not fit (None if none)."""
+        """Adds same-shaped submissions to ``batch`` until full or ``max_wait_s`` passed; returns what is
+        left to start the next batch with (the rest of a split submission, another item, or None)."""
         count, shape = len(batch[0].rows), batch[0].rows.shape[1:]
         deadline = time.monotonic() + self.max_wait_s
         while count < self.max_batch:
@@ -136,11 +163,13 @@ class Batcher:
                 item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 return None
-            fits = isinstance(item, _Rows) and item.rows.shape[1:] == shape
-            if not fits or count + len(item.rows) > self.max_batch:
+            if not (isinstance(item, _Rows) and item.rows.shape[1:] == shape):
                 return item
-            batch.append(item)
-            count += len(item.rows)
+            part, rest = self._split(item, self.max_batch - count)
+            batch.append(part)
+            count += len(part.rows)
+            if rest is not None:
+                return rest
         return None
 
     def _run(self, batch: list[_Rows]) -> None:
@@ -154,7 +183,7 @@ class Batcher:
         except Exception as e:  # a device failure: every waiting request gets it, the thread lives on
             logging.exception("Forward pass of %d rows failed", count)
             for item in batch:
-                item.pending.set(error=e)
+                item.pending.finish(error=e)
             outputs = None
         with self._lock:
             self._forward_calls += 1
@@ -162,17 +191,17 @@ class Batcher:
             self._waiting -= count
         if outputs is None:
             return
-        start = 0
+        offset = 0
         for item in batch:
-            item.pending.set(outputs[start : start + len(item.rows)])
-            start += len(item.rows)
+            item.pending.put(item.start, outputs[offset : offset + len(item.rows)])
+            offset += len(item.rows)
 
     def _run_job(self, job: _Job) -> None:
         try:
             value = job.fn(*job.args)
         except Exception as e:
-            job.pending.set(error=e)
+            job.pending.finish(error=e)
         else:
-            job.pending.set(value)
+            job.pending.finish(value)
         with self._lock:
             self._jobs += 1

@@ -221,9 +221,12 @@ class Service:
             )
         if patch.mode == "shared":
             return self.batcher.call(self.shared.analyse, prepared, patch.size, patch.stride)
-        # With batching, each patch is its own submission, so patches of many requests fill one batch.
-        chunk_size = 1 if self.batcher.batching else self.chunk_size
-        return engines.analyse_exact(prepared, self.batcher.submit, patch.size, patch.stride, chunk_size)
+        if self.batcher.batching:  # unpadded chunks: the batcher packs (and splits) them into full batches
+            size = self.batcher.max_batch
+            return engines.analyse_exact(
+                prepared, self.batcher.submit, patch.size, patch.stride, size, pad=False
+            )
+        return engines.analyse_exact(prepared, self.batcher.submit, patch.size, patch.stride, self.chunk_size)
 
     def _whole(self, keep: list[np.ndarray], image: np.ndarray) -> np.ndarray:
         """The whole image's probabilities (through the batcher), also appended to ``keep``."""
