@@ -155,3 +155,8 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(workdir):  # noqa: F81
     assert "Serving" in output and "Stopped (SIGTERM)" in output, output + server.stderr.read()[-3000:]
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{url}/api/health", timeout=5)
+
+
+def test_the_server_package_imports_no_tensorflow():
+    code = "import sys, scenecls.serve; sys.exit('tensorflow' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=300).returncode == 0
