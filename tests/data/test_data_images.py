@@ -137,8 +137,15 @@ def test_absurd_size_is_refused_with_a_clear_error(tmp_path):
     (tmp_path / "bomb.png").write_bytes(_png(20000, 20000, 8, b""))  # 400 Mpx header, no pixels
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(images.ImageError, match="20000x20000 pixels is over the 300 Mpx limit"):
+        with pytest.raises(images.ImageTooLarge, match="20000x20000 pixels is over the 300 Mpx limit"):
             images.load_rgb(tmp_path / "bomb.png")
+
+
+def test_a_lower_pixel_limit_refuses_before_decoding(tmp_path):
+    path = _save(tmp_path / "photo.png", np.zeros((40, 50, 3), np.uint8), "PNG")
+    assert images.load_rgb(path, max_pixels=2000).shape == (40, 50, 3)
+    with pytest.raises(images.ImageTooLarge, match="photo.png: 50x40 pixels is over the 0.001999 Mpx limit"):
+        images.load_rgb(path, max_pixels=1999)
 
 
 def test_draft_decodes_large_jpegs_smaller_but_big_enough(tmp_path):
