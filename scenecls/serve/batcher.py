@@ -100,11 +100,9 @@ class Batcher:
         self._thread.start()
 
     def submit(self, rows: np.ndarray) -> Pending:
-        """Queues ``rows`` (n, ...) for a forward pass (several with batching, if n > ``max_batch``)."""
+        """Queues ``rows`` (n, ...) for a forward pass (with batching, several if n > ``max_batch``)."""
         if not len(rows):
             raise ValueError("nothing to submit (0 rows)")
-        if not self.batching and len(rows) > self.max_batch:
-            raise ValueError(f"{len(rows)} rows exceed the batch of {self.max_batch}")
         pending = Pending(len(rows))
         with self._lock:
             self._waiting += len(rows)
