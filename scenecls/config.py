@@ -148,6 +148,13 @@ def default_config() -> ml_collections.ConfigDict:
     config.patch.min_confidence = 0.0
     config.patch.mode = "exact"  # exact | shared
     config.patch.chunk_size = 32
+
+    # --mode=export: <workdir>/export/ with a SavedModel, TFLite and ONNX (scenecls/export/).
+    config.export = ml_collections.ConfigDict()
+    config.export.quantize = False  # also model_quantized.tflite (dynamic-range int8 weights)
+    config.export.onnx_opset = 17
+    # Synthetic photos (odd sizes) on which every export is checked against the JAX model.
+    config.export.verify_images = 100
     return config
 
 
@@ -239,6 +246,9 @@ def _rules() -> tuple[tuple[str, Callable[[Any], bool], str], ...]:
         ("patch.min_confidence", _number(0, 1), "a number in [0, 1]"),
         ("patch.mode", *_one_of(MODES)),
         ("patch.chunk_size", _integer(1), "an integer >= 1"),
+        ("export.quantize", lambda v: isinstance(v, bool), "True or False"),
+        ("export.onnx_opset", lambda v: _integer(13)(v) and v <= 21, "an integer in [13, 21]"),
+        ("export.verify_images", _integer(1), "an integer >= 1"),
     )
 
 

@@ -7,7 +7,8 @@ Modes: ``train`` (prepare data, two-stage training, then test evaluation),
 (write the synthetic demo dataset to <workdir>/synthetic_source,
 to see the expected folder layout) and ``convert`` (read --config.pretrained
 once, strictly, and write it as a checkpoint in <workdir>/backbone that
-loads fast: --config.pretrained=<workdir>/backbone).
+loads fast: --config.pretrained=<workdir>/backbone) and ``export`` (the best model as SavedModel, TFLite
+and ONNX in <workdir>/export, each checked against the JAX model; see scenecls/export).
 """
 
 import contextlib
@@ -26,7 +27,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for prepared data, checkpoints and outputs.")
 _MODE = flags.DEFINE_enum(
-    "mode", "train", ["train", "evaluate", "infer", "prepare", "synth", "convert"], "What to do."
+    "mode", "train", ["train", "evaluate", "infer", "prepare", "synth", "convert", "export"], "What to do."
 )
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed",
@@ -63,7 +64,7 @@ def main(argv: list[str]) -> int:
 
 def _run_mode(config, workdir: str, mode: str) -> int:
     """Runs ``mode``; expected failures end with one line on stderr and status 1."""
-    # TensorFlow serves tf.data only: keep it off any GPU so it never competes with JAX.
+    # TensorFlow serves tf.data and export only: keep it off any GPU so it never competes with JAX.
     import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")
@@ -80,6 +81,7 @@ def _run_mode(config, workdir: str, mode: str) -> int:
     from scenecls import parallel
     from scenecls.data import builder
     from scenecls.evaluation import evaluate
+    from scenecls.export import export_workdir
     from scenecls.models import weights
     from scenecls.patches import demo, run_inference
     from scenecls.train import guard, train_and_evaluate
@@ -94,7 +96,7 @@ def _run_mode(config, workdir: str, mode: str) -> int:
     lock = contextlib.ExitStack()
     try:
         config_lib.validate(config)
-        if mode in ("train", "prepare", "synth", "convert") and parallel.is_primary():
+        if mode in ("train", "prepare", "synth", "convert", "export") and parallel.is_primary():
             lock.enter_context(workdir_lock.locked(workdir))  # evaluate and infer only read (see lock)
         if mode == "train":
             train_and_evaluate(config, workdir)
@@ -120,6 +122,8 @@ def _run_mode(config, workdir: str, mode: str) -> int:
                 raise ValueError(f"{destination} already exists; move it away or use another --workdir")
             weights.convert(config.pretrained, destination)
             print(f"Wrote the backbone of {config.pretrained}: use --config.pretrained={destination}")
+        elif mode == "export":
+            export_workdir(config, workdir)
     except guard.Interrupted as e:  # SIGINT/SIGTERM: the state is saved; say how to resume.
         print(f"scenecls: {e}", file=sys.stderr)
         return e.exit_status
