@@ -1,8 +1,14 @@
-"""Writers of the export formats: the SavedModel (jax2tf), TFLite from it, and ONNX.
+"""Writers of the export formats: the SavedModel (jax2tf), TFLite from it, and ONNX from the TFLite file.
 
+The route is JAX -> jax2tf (native serialization: StableHLO inside an ``XlaCallModule`` op) -> SavedModel
+-> TFLite converter (which legalises the StableHLO to TFLite builtin ops) -> tf2onnx's TFLite front end.
+tf2onnx cannot read the SavedModel itself (it has no ``XlaCallModule`` support), and its TFLite front end
+maps ``UNSORTED_SEGMENT_PROD`` wrongly for negative segment ids (TensorFlow drops those), which the TFLite
+converter emits for reshapes with a symbolic batch size: ``_unsorted_segment_prod`` replaces that mapping.
 Imported only by ``--mode=export`` (it imports TensorFlow and jax2tf).
 """
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,3 +74,57 @@ def write_tflite(saved_model: str, path: str, quantize: bool = False) -> None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]  # no representative data: dynamic range
     with open(path, "wb") as f:
         f.write(converter.convert())
+
+
+def tflite_interpreter(path: str) -> tf.lite.Interpreter:
+    """TensorFlow's TFLite interpreter for ``path``, without its deprecation notice (ai_edge_litert's
+    interpreter, its successor, has the same API)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tf.lite.Interpreter(model_path=path)
+
+
+def write_onnx(tflite: str, path: str, opset: int) -> None:
+    """ONNX of a TFLite file written by ``write_tflite``, with its signature's names (``images`` in;
+    ``probabilities``, ``classes`` out) and a symbolic batch size."""
+    import tf2onnx
+
+    handlers = {"UnsortedSegmentProd": (_unsorted_segment_prod, [])}
+    model, _ = tf2onnx.convert.from_tflite(tflite, opset=opset, custom_op_handlers=handlers)
+    runner = tflite_interpreter(tflite).get_signature_runner(IMAGES_SIGNATURE)
+    details = {**runner.get_input_details(), **runner.get_output_details()}
+    _rename(model.graph, {d["name"]: name for name, d in details.items()})
+    with open(path, "wb") as f:
+        f.write(model.SerializeToString())
+
+
+def _unsorted_segment_prod(ctx: Any, node: Any, name: str, args: list) -> None:
+    """UnsortedSegmentProd(data (n,), ids (n,), num_segments) for ONNX: segment s is the product of the
+    data whose id is s; ids outside [0, num_segments) are dropped, as in TensorFlow. (tf2onnx handler)"""
+    from tf2onnx import utils
+
+    data, ids, _ = node.input
+    count = int(node.inputs[2].get_tensor_value())
+    axis0 = ctx.make_const(utils.make_name("axis0"), np.array([0], np.int64)).output[0]
+    id_type = utils.map_onnx_to_numpy_type(ctx.get_dtype(ids))
+    segments = ctx.make_const(utils.make_name("segments"), np.arange(count, dtype=id_type)[:, None]).output[0]
+    mask = ctx.make_node("Equal", [ctx.make_node("Unsqueeze", [ids, axis0]).output[0], segments]).output[0]
+    one = np.array(1, utils.map_onnx_to_numpy_type(ctx.get_dtype(data)))
+    one = ctx.make_const(utils.make_name("one"), one).output[0]
+    grid = ctx.make_node("Where", [mask, ctx.make_node("Unsqueeze", [data, axis0]).output[0], one]).output[0]
+    node.type = "ReduceProd"
+    node.set_attr("keepdims", 0)
+    if ctx.opset >= 18:  # axes became an input
+        ctx.replace_inputs(node, [grid, ctx.make_const(utils.make_name("axes"), np.array([1])).output[0]])
+    else:
+        ctx.replace_inputs(node, [grid])
+        node.set_attr("axes", [1])
+
+
+def _rename(graph: Any, names: dict[str, str]) -> None:
+    """Renames tensors of an ONNX graph (inputs, outputs and every reference to them)."""
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        value.name = names.get(value.name, value.name)
+    for node in graph.node:
+        node.input[:] = [names.get(n, n) for n in node.input]
+        node.output[:] = [names.get(n, n) for n in node.output]

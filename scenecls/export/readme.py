@@ -18,19 +18,16 @@ TFLite (tf.lite.Interpreter, or ai_edge_litert.interpreter.Interpreter with the 
     runner = tf.lite.Interpreter(model_path="model.tflite").get_signature_runner()
     out = runner(images=image[None])  # uint8 (n, {size}, {size}, 3), any n
     print(out["classes"][0, out["probabilities"][0].argmax()].decode())
-"""
 
-_ONNX_SNIPPET = """
 ONNX (onnxruntime):
-    import json, onnxruntime
-    classes = json.load(open("meta.json"))["classes"]
+    import onnxruntime
     session = onnxruntime.InferenceSession("model.onnx")
-    probabilities = session.run(["probabilities"], {{"images": image[None]}})[0]
-    print(classes[probabilities[0].argmax()])
+    probabilities, classes = session.run(["probabilities", "classes"], {{"images": image[None]}})
+    print(classes[0, probabilities[0].argmax()])
 """
 
 
-def text(meta: dict[str, Any], onnx: bool = False) -> str:
+def text(meta: dict[str, Any]) -> str:
     """README.txt for an export described by ``meta`` (see scenecls.export.run)."""
     size = meta["model"]["image_size"]
     verification = meta["verification"]
@@ -46,10 +43,11 @@ def text(meta: dict[str, Any], onnx: bool = False) -> str:
         "Outputs: probabilities float32 (n, classes); classes, the class names per image (n, classes).",
         "",
         "Files: saved_model/ (TensorFlow SavedModel: signatures serving_default and classify_patches),",
-        "model.tflite (float32), model_quantized.tflite (dynamic-range int8 weights, if written),",
-        "model.onnx (if written), meta.json (all of this as data, and a sha256 of every file).",
+        "model.tflite (float32), model_quantized.tflite (dynamic-range int8 weights, if asked for),",
+        f"model.onnx (opset {meta['converter']['opset']}), meta.json (all of this as data, and a sha256 of "
+        "every file).",
         "",
-        _SNIPPETS.format(size=size) + (_ONNX_SNIPPET.format() if onnx else ""),
+        _SNIPPETS.format(size=size),
         f"Verified against the JAX model on {verification['photos']}:",
     ]
     for name, r in verification["results"].items():

@@ -5,6 +5,7 @@ passes; a failed check leaves them there for inspection and ends the command wit
 """
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ from scenecls.workdir.run_files import write_atomically
 
 FOLDER = "export"
 SAVED_MODEL, TFLITE, TFLITE_QUANTIZED = "saved_model", "model.tflite", "model_quantized.tflite"
+ONNX = "model.onnx"
 META, README = "meta.json", "README.txt"
 
 
@@ -38,6 +40,9 @@ def export_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
       WorkdirError: no trained run in ``workdir``.
       ExportError: an export disagrees with the JAX model beyond the tolerances of scenecls.export.verify.
     """
+    missing = [name for name in ("tf2onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(f"--mode=export needs {' and '.join(missing)}: pip install -e '.[export]'")
     from scenecls.export import formats  # TensorFlow and jax2tf
 
     start = time.perf_counter()
@@ -60,12 +65,14 @@ def export_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
     if config.export.quantize:
         formats.write_tflite(path(SAVED_MODEL), path(TFLITE_QUANTIZED), quantize=True)
         console.say(f"  {TFLITE_QUANTIZED} written")
+    formats.write_onnx(path(TFLITE), path(ONNX), config.export.onnx_opset)
+    console.say(f"  {ONNX} written")
 
     data = verify.photos(config.export.verify_images, size)
     results = _verify(loaded, staging, data, config.export.quantize)
     elapsed = time.perf_counter() - start
     failures = _failures(results)
-    meta = _meta(loaded, workdir, results, data, elapsed)
+    meta = _meta(loaded, workdir, results, data, elapsed, config.export.onnx_opset)
     write_atomically(path(README), readme.text(meta))
     meta["files"] = _checksums(staging)
     write_atomically(path(META), json.dumps(meta, indent=2) + "\n")
@@ -95,6 +102,7 @@ def _verify(loaded, staging: str, data: verify.Photos, quantized: bool) -> dict[
         "saved_model, fresh TensorFlow-only process": (images, fresh_images),
         "saved_model classify_patches, fresh process": (patches, fresh_patches),
         TFLITE: (images, verify.tflite_probabilities(tflite, data.images)),
+        ONNX: (images, verify.onnx_probabilities(os.path.join(staging, ONNX), data.images)),
     }
     if quantized:
         quantized_path = os.path.join(staging, TFLITE_QUANTIZED)
@@ -120,7 +128,9 @@ def _failures(results: dict[str, dict[str, Any]]) -> list[str]:
     return failures
 
 
-def _meta(loaded, workdir: str, results: dict, data: verify.Photos, elapsed: float) -> dict[str, Any]:
+def _meta(
+    loaded, workdir: str, results: dict, data: verify.Photos, elapsed: float, opset: int
+) -> dict[str, Any]:
     step = checkpoints.best_manager(workdir, loaded.stage).latest_step()
     size = loaded.config.image_size
     return {
@@ -142,8 +152,7 @@ def _meta(loaded, workdir: str, results: dict, data: verify.Photos, elapsed: flo
         },
         "outputs": {
             "probabilities": "float32 (n, classes), softmax at the calibration temperature",
-            "classes": "string (n, classes): the class names, the same row for every image (SavedModel, "
-            "TFLite; ONNX: in this file only)",
+            "classes": "string (n, classes): the class names, the same row for every image",
         },
         "preprocessing": {
             "kind": lookup_variant(loaded.config.model.variant).preprocessing,
@@ -164,6 +173,8 @@ def _meta(loaded, workdir: str, results: dict, data: verify.Photos, elapsed: flo
         "converter": {
             "saved_model": "jax.experimental.jax2tf (native serialization: StableHLO in XlaCallModule)",
             "tflite": "tf.lite.TFLiteConverter.from_saved_model (StableHLO legalised to TFLite ops)",
+            "onnx": "tf2onnx.convert.from_tflite, UnsortedSegmentProd mapped by scenecls.export.formats",
+            "opset": opset,
         },
         "verification": {
             "photos": f"{len(data.images)} synthetic scenes of odd sizes; patches {data.patches.shape[1]} px",

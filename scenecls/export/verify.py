@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -93,12 +92,9 @@ def saved_model_probabilities(path: str, inputs: np.ndarray, signature: str, inp
 
 def tflite_probabilities(path: str, images: np.ndarray) -> np.ndarray:
     """Probabilities from a TFLite file's serving signature (TensorFlow's interpreter)."""
-    import tensorflow as tf
+    from scenecls.export.formats import tflite_interpreter
 
-    with warnings.catch_warnings():  # its deprecation notice, for ai_edge_litert (the same interpreter)
-        warnings.simplefilter("ignore")
-        interpreter = tf.lite.Interpreter(model_path=path)
-    runner = interpreter.get_signature_runner()
+    runner = tflite_interpreter(path).get_signature_runner()
     return _chunked(lambda chunk: runner(images=chunk)["probabilities"], images)
 
 
