@@ -56,23 +56,31 @@ def export_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
         f"Exporting the best {loaded.stage} model of {workdir} ({len(loaded.classes)} classes, "
         f"{size}x{size} px, temperature {loaded.temperature:.3g})"
     )
-    formats.write_saved_model(
-        path(SAVED_MODEL), serving_function(loaded), loaded.variables, size, loaded.classes
-    )
-    console.say(f"  {SAVED_MODEL}/ written")
-    formats.write_tflite(path(SAVED_MODEL), path(TFLITE))
-    console.say(f"  {TFLITE} written")
-    if config.export.quantize:
-        formats.write_tflite(path(SAVED_MODEL), path(TFLITE_QUANTIZED), quantize=True)
-        console.say(f"  {TFLITE_QUANTIZED} written")
-    formats.write_onnx(path(TFLITE), path(ONNX), config.export.onnx_opset)
-    console.say(f"  {ONNX} written")
-
+    quantize = config.export.quantize
+    writers = {
+        SAVED_MODEL: lambda: formats.write_saved_model(
+            path(SAVED_MODEL), serving_function(loaded), loaded.variables, size, loaded.classes
+        ),
+        TFLITE: lambda: formats.write_tflite(path(SAVED_MODEL), path(TFLITE)),
+        TFLITE_QUANTIZED: lambda: formats.write_tflite(path(SAVED_MODEL), path(TFLITE_QUANTIZED), True),
+        ONNX: lambda: formats.write_onnx(path(TFLITE), path(ONNX), config.export.onnx_opset),
+    }
+    seconds = {}
+    for name, write in writers.items():
+        if name == TFLITE_QUANTIZED and not quantize:
+            continue
+        began = time.perf_counter()
+        write()
+        seconds[name] = round(time.perf_counter() - began, 1)
+        console.say(f"  {name} written ({seconds[name]:.0f} s)")
+    console.say(f"Verifying on {config.export.verify_images} synthetic photos")
     data = verify.photos(config.export.verify_images, size)
-    results = _verify(loaded, staging, data, config.export.quantize)
-    elapsed = time.perf_counter() - start
+    began = time.perf_counter()
+    results = _verify(loaded, staging, data, quantize)
+    seconds["verification"] = round(time.perf_counter() - began, 1)
+    seconds["total"] = round(time.perf_counter() - start, 1)
     failures = _failures(results)
-    meta = _meta(loaded, workdir, results, data, elapsed, config.export.onnx_opset)
+    meta = _meta(loaded, workdir, results, data, seconds, config.export.onnx_opset)
     write_atomically(path(README), readme.text(meta))
     meta["files"] = _checksums(staging)
     write_atomically(path(META), json.dumps(meta, indent=2) + "\n")
@@ -81,7 +89,7 @@ def export_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
         raise ExportError(f"export verification failed ({'; '.join(failures)}); files kept in {staging}")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
-    console.say(f"Export took {elapsed:.0f} s: {final}")
+    console.say(f"Export took {seconds['total']:.0f} s: {final}")
     return meta
 
 
@@ -129,7 +137,7 @@ def _failures(results: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _meta(
-    loaded, workdir: str, results: dict, data: verify.Photos, elapsed: float, opset: int
+    loaded, workdir: str, results: dict, data: verify.Photos, seconds: dict[str, float], opset: int
 ) -> dict[str, Any]:
     step = checkpoints.best_manager(workdir, loaded.stage).latest_step()
     size = loaded.config.image_size
@@ -183,7 +191,7 @@ def _meta(
             "min_quantized_top1_agreement": verify.MIN_QUANTIZED_AGREEMENT,
             "results": results,
         },
-        "export_seconds": round(elapsed, 1),
+        "seconds": seconds,
     }
 
 
