@@ -16,10 +16,7 @@ import numpy as np
 import tensorflow as tf
 from jax.experimental import jax2tf
 
-from scenecls.export.serving import ServingFn
-
-IMAGES_SIGNATURE = "serving_default"
-PATCHES_SIGNATURE = "classify_patches"
+from scenecls.export.serving import IMAGES_SIGNATURE, PATCHES_SIGNATURE, SIGNATURES, ServingFn
 
 
 def _outputs(probabilities: tf.Tensor, classes: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -55,12 +52,12 @@ def write_saved_model(
 
     module.classify_images = tf.function(
         classify_images,
-        input_signature=[tf.TensorSpec([None, *size, 3], tf.uint8, name="images")],
+        input_signature=[tf.TensorSpec([None, *size, 3], tf.uint8, name=SIGNATURES[IMAGES_SIGNATURE])],
         autograph=False,
     )
     module.classify_patches = tf.function(
         classify_patches,
-        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="patches")],
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=SIGNATURES[PATCHES_SIGNATURE])],
         autograph=False,
     )
     signatures = {IMAGES_SIGNATURE: module.classify_images, PATCHES_SIGNATURE: module.classify_patches}

@@ -17,7 +17,7 @@ import ml_collections
 import scenecls
 from scenecls import console
 from scenecls.export import readme, verify
-from scenecls.export.serving import serving_function
+from scenecls.export.serving import IMAGES_SIGNATURE, PATCHES_SIGNATURE, serving_function
 from scenecls.models.variants import lookup_variant
 from scenecls.workdir import checkpoints
 from scenecls.workdir.inference import load_for_inference
@@ -101,11 +101,11 @@ def _verify(loaded, staging: str, data: verify.Photos, quantized: bool) -> dict[
     checks = {
         "saved_model": (
             images,
-            verify.saved_model_probabilities(saved_model, data.images, "serving_default", "images"),
+            verify.saved_model_probabilities(saved_model, data.images, IMAGES_SIGNATURE),
         ),
         "saved_model classify_patches": (
             patches,
-            verify.saved_model_probabilities(saved_model, data.patches, "classify_patches", "patches"),
+            verify.saved_model_probabilities(saved_model, data.patches, PATCHES_SIGNATURE),
         ),
         "saved_model, fresh TensorFlow-only process": (images, fresh_images),
         "saved_model classify_patches, fresh process": (patches, fresh_patches),

@@ -16,6 +16,10 @@ from scenecls.models.variants import lookup_variant
 from scenecls.patches.engines import model_input
 from scenecls.workdir.inference import InferenceModel
 
+# The SavedModel's signatures and their inputs (scenecls.export.formats): images at the model's size, and
+# square patches of any size.
+SIGNATURES = {"serving_default": "images", "classify_patches": "patches"}
+IMAGES_SIGNATURE, PATCHES_SIGNATURE = SIGNATURES
 # (variables, images (n, s, s, 3) in [0, 255]) -> probabilities (n, classes), float32.
 ServingFn = Callable[[Any, jnp.ndarray], jnp.ndarray]
 

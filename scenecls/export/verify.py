@@ -16,6 +16,7 @@ import numpy as np
 
 from scenecls.data import synthetic
 from scenecls.data.images import resize
+from scenecls.export.serving import SIGNATURES
 from scenecls.models.variants import lookup_variant
 from scenecls.patches.engines import model_patch_fn
 from scenecls.workdir.inference import InferenceModel
@@ -82,12 +83,12 @@ def _chunked(fn, inputs: np.ndarray) -> np.ndarray:
     return np.concatenate([fn(inputs[i : i + _CHUNK]) for i in range(0, len(inputs), _CHUNK)])
 
 
-def saved_model_probabilities(path: str, inputs: np.ndarray, signature: str, input_name: str) -> np.ndarray:
-    """Probabilities from a SavedModel's ``signature`` in this process."""
+def saved_model_probabilities(path: str, inputs: np.ndarray, signature: str) -> np.ndarray:
+    """Probabilities from a SavedModel's ``signature`` (a serving.SIGNATURES key) in this process."""
     import tensorflow as tf
 
-    fn = tf.saved_model.load(path).signatures[signature]
-    return _chunked(lambda chunk: fn(**{input_name: tf.constant(chunk)})["probabilities"].numpy(), inputs)
+    fn, name = tf.saved_model.load(path).signatures[signature], SIGNATURES[signature]
+    return _chunked(lambda chunk: fn(**{name: tf.constant(chunk)})["probabilities"].numpy(), inputs)
 
 
 def tflite_probabilities(path: str, images: np.ndarray) -> np.ndarray:
