@@ -165,6 +165,12 @@ def default_config() -> ml_collections.ConfigDict:
     config.serve.max_patches = 4096  # per request (413 above): bounds the work of one image
     config.serve.overlay_max_side = 1024  # px of the overlay PNG's longer side
     config.serve.shutdown_timeout_s = 30.0  # on SIGTERM, requests in flight get this long to finish
+    # --mode=export: <workdir>/export/ with a SavedModel, TFLite and ONNX (scenecls/export/).
+    config.export = ml_collections.ConfigDict()
+    config.export.quantize = False  # also model_quantized.tflite (dynamic-range int8 weights)
+    config.export.onnx_opset = 17
+    # Synthetic photos (odd sizes) on which every export is checked against the JAX model.
+    config.export.verify_images = 100
     return config
 
 
@@ -271,6 +277,9 @@ def _rules() -> tuple[tuple[str, Callable[[Any], bool], str], ...]:
         ("serve.max_patches", _integer(1), "an integer >= 1"),
         ("serve.overlay_max_side", _integer(16), "an integer >= 16"),
         ("serve.shutdown_timeout_s", _number(0), "a number >= 0"),
+        ("export.quantize", lambda v: isinstance(v, bool), "True or False"),
+        ("export.onnx_opset", lambda v: _integer(13)(v) and v <= 21, "an integer in [13, 21]"),
+        ("export.verify_images", _integer(1), "an integer >= 1"),
     )
 
 

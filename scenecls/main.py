@@ -7,8 +7,9 @@ Modes: ``train`` (prepare data, two-stage training, then test evaluation),
 (write the synthetic demo dataset to <workdir>/synthetic_source,
 to see the expected folder layout) and ``convert`` (read --config.pretrained
 once, strictly, and write it as a checkpoint in <workdir>/backbone that
-loads fast: --config.pretrained=<workdir>/backbone) and ``serve`` (a web app
-and JSON API for patch inference on --config.serve.host:port).
+loads fast: --config.pretrained=<workdir>/backbone), ``export`` (the best model as SavedModel, TFLite
+and ONNX in <workdir>/export, each checked against the JAX model; see scenecls/export) and ``serve`` (a
+web app and JSON API for patch inference on --config.serve.host:port).
 """
 
 import contextlib
@@ -27,8 +28,13 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for prepared data, checkpoints and outputs.")
 _MODE = flags.DEFINE_enum(
-    "mode", "train", ["train", "evaluate", "infer", "prepare", "synth", "convert", "serve"], "What to do."
+    "mode",
+    "train",
+    ["train", "evaluate", "infer", "prepare", "synth", "convert", "export", "serve"],
+    "What to do.",
 )
+# Modes that use TensorFlow (tf.data, tfds, Keras weight files, the exporters); the others never import it.
+_TENSORFLOW_MODES = ("train", "evaluate", "prepare", "synth", "convert", "export")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed",
     False,
@@ -64,10 +70,10 @@ def main(argv: list[str]) -> int:
 
 def _run_mode(config, workdir: str, mode: str) -> int:
     """Runs ``mode``; expected failures end with one line on stderr and status 1."""
-    # TensorFlow serves tf.data only: keep it off any GPU so it never competes with JAX.
-    import tensorflow as tf
+    if mode in _TENSORFLOW_MODES:  # tf.data, tfds, Keras weights, export; keep TF off any GPU (JAX's)
+        import tensorflow as tf
 
-    tf.config.set_visible_devices([], "GPU")
+        tf.config.set_visible_devices([], "GPU")
     import jax
 
     # Persistent compilation cache: the second run of any command skips XLA compilation.
@@ -79,12 +85,7 @@ def _run_mode(config, workdir: str, mode: str) -> int:
 
     from scenecls import config as config_lib
     from scenecls import parallel
-    from scenecls.data import builder
-    from scenecls.evaluation import evaluate
-    from scenecls.models import weights
-    from scenecls.patches import demo, run_inference
-    from scenecls.serve import serve
-    from scenecls.train import guard, train_and_evaluate
+    from scenecls.train import guard
     from scenecls.workdir import lock as workdir_lock
 
     logging.get_absl_handler().addFilter(_QuietLibraries())
@@ -96,25 +97,40 @@ def _run_mode(config, workdir: str, mode: str) -> int:
     lock = contextlib.ExitStack()
     try:
         config_lib.validate(config)
-        if mode in ("train", "prepare", "synth", "convert") and parallel.is_primary():
+        if mode in ("train", "prepare", "synth", "convert", "export") and parallel.is_primary():
             lock.enter_context(workdir_lock.locked(workdir))  # evaluate and infer only read (see lock)
         if mode == "train":
+            from scenecls.patches import demo
+            from scenecls.train import train_and_evaluate
+
             train_and_evaluate(config, workdir)
             if config.infer.demo_composites:
                 return demo.run_demo_inference(config, workdir)
         elif mode == "evaluate":
+            from scenecls.evaluation import evaluate
+
             evaluate(config, workdir)
         elif mode == "infer":
+            from scenecls.patches import run_inference
+
             return run_inference(config, workdir)
         elif mode == "serve":
+            from scenecls.serve import serve
+
             return serve(config, workdir)
         elif mode == "prepare":
+            from scenecls.data import builder
+
             parallel.primary_first(lambda: builder.prepare(config.data, workdir))
         elif mode == "synth":
+            from scenecls.data import builder
+
             if not config.data.synthetic_per_class:
                 raise ValueError("--mode=synth needs --config.data.synthetic_per_class=N (images per class)")
             print(f"Synthetic dataset in {builder.resolve_source_dir(config.data, workdir)}")
         elif mode == "convert":
+            from scenecls.models import weights
+
             destination = os.path.join(workdir, "backbone")
             if config.pretrained in ("", "none"):
                 raise ValueError(
@@ -124,6 +140,10 @@ def _run_mode(config, workdir: str, mode: str) -> int:
                 raise ValueError(f"{destination} already exists; move it away or use another --workdir")
             weights.convert(config.pretrained, destination)
             print(f"Wrote the backbone of {config.pretrained}: use --config.pretrained={destination}")
+        elif mode == "export":
+            from scenecls.export import export_workdir
+
+            export_workdir(config, workdir)
     except guard.Interrupted as e:  # SIGINT/SIGTERM: the state is saved; say how to resume.
         print(f"scenecls: {e}", file=sys.stderr)
         return e.exit_status

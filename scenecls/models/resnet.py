@@ -36,8 +36,8 @@ class Conv1x1(nn.Module):
         kernel = self.param(
             "kernel", nn.initializers.lecun_normal(), (1, 1, x.shape[-1], self.features), jnp.float32
         )
-        if self.strides > 1:
-            x = x[:, :: self.strides, :: self.strides, :]
+        if self.strides > 1:  # lax.slice, as indexing becomes a gather with a symbolic batch (export)
+            x = jax.lax.slice(x, (0, 0, 0, 0), x.shape, (1, self.strides, self.strides, 1))
         y = jnp.dot(x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)

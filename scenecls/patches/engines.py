@@ -83,6 +83,15 @@ def analyse_exact(
     return Analysis(boxes=grid.boxes.astype(np.float64), rows=grid.rows, cols=grid.cols, probs=probs)
 
 
+def model_input(patch: jnp.ndarray, image_size: int, preprocessing: str) -> jnp.ndarray:
+    """One (s, s, 3) patch in [0, 255] as the model's input: resized to ``image_size`` (antialiased bilinear)
+    if needed, then preprocessed. Exact mode and the exported model (scenecls.export) share it."""
+    x = patch.astype(jnp.float32)
+    if x.shape[:2] != (image_size, image_size):
+        x = jax.image.resize(x, (image_size, image_size, 3), "bilinear")
+    return preprocess(x, preprocessing)
+
+
 def _classify_patch(
     model: Classifier,
     image_size: int,
@@ -92,10 +101,7 @@ def _classify_patch(
     patch: jnp.ndarray,
 ) -> jnp.ndarray:
     """Class probabilities of one uint8 (s, s, 3) patch, resized to the model's input size if needed."""
-    x = patch.astype(jnp.float32)
-    if x.shape[:2] != (image_size, image_size):
-        x = jax.image.resize(x, (image_size, image_size, 3), "bilinear")
-    logits = model.apply(variables, preprocess(x, preprocessing)[None])[0]
+    logits = model.apply(variables, model_input(patch, image_size, preprocessing)[None])[0]
     return calibration.softmax(logits, temperature)
 
 
