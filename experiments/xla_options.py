@@ -23,7 +23,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from benchmark import run_steps
+from benchmark import machine, run_steps
 
 from scenecls.config import default_config
 from scenecls.evaluation import predict_split
@@ -43,6 +43,8 @@ VARIANTS = (
     ),
     ("fast math", "--xla_cpu_enable_fast_math=true", "float32"),
     ("bfloat16 compute", "", "bfloat16"),
+    ("bfloat16 + oneDNN dots", "--xla_cpu_use_onednn=true", "bfloat16"),
+    ("bfloat16 + oneDNN custom calls", "--xla_cpu_experimental_onednn_custom_call=true", "bfloat16"),
 )
 PASSES = ("forward", "stage1", "stage2")
 
@@ -98,24 +100,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--only", default="", help="comma-separated variant names (default: all)")
     parser.add_argument("--child", help="internal: measure in this process with this compute dtype")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.steps)))
         return
-    best = {name: dict.fromkeys(PASSES, float("nan")) for name, _, _ in VARIANTS}
+    variants = [v for v in VARIANTS if not args.only or v[0] in args.only.split(",")]
+    if "default" not in [v[0] for v in variants]:
+        variants.insert(0, VARIANTS[0])  # the reference of every ratio
+    print(f"Machine: {machine()}", flush=True)
+    best = {name: dict.fromkeys(PASSES, float("nan")) for name, _, _ in variants}
     for round_index in range(args.rounds):
-        order = VARIANTS if round_index % 2 == 0 else VARIANTS[::-1]
+        order = variants if round_index % 2 == 0 else variants[::-1]
         for name, flags, dtype in order:
             rates = measure(flags, dtype, args.steps)
             best[name] = {p: float(np.fmax(best[name][p], rates[p])) for p in PASSES}
-            print(f"round {round_index + 1}: {name:20s} " + "  ".join(f"{p} {rates[p]:5.1f}" for p in PASSES))
+            print(f"round {round_index + 1}: {name:30s} " + "  ".join(f"{p} {rates[p]:5.1f}" for p in PASSES))
     base = best["default"]
     print(f"\nBest of {args.rounds} rounds, images/s (ratio to default), ResNet-50 + head, 224 px, batch 32:")
-    print(f"{'variant':22s}" + "".join(f"{p:>16s}" for p in PASSES))
-    for name, flags, dtype in VARIANTS:
+    print(f"{'variant':32s}" + "".join(f"{p:>16s}" for p in PASSES))
+    for name, flags, dtype in variants:
         cells = "".join(f"{best[name][p]:9.1f} ({best[name][p] / base[p]:4.2f})" for p in PASSES)
-        print(f"{name:22s}{cells}   {flags or ('dtype=' + dtype if dtype != 'float32' else '')}")
+        print(f"{name:32s}{cells}   {flags or ('dtype=' + dtype if dtype != 'float32' else '')}")
 
 
 if __name__ == "__main__":
