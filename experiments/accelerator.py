@@ -357,7 +357,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--matmul-size", type=int, default=8192)
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--torch-compile-dtypes", default="bfloat16", help='"" for none')
-    parser.add_argument("--job-timeout", type=float, default=240, help="seconds per process")
+    parser.add_argument("--jax-timeout", type=float, default=300, help="seconds for the scenecls process")
+    parser.add_argument("--torch-timeout", type=float, default=240, help="seconds for the PyTorch process")
     parser.add_argument(
         "--output", default=os.path.join(REPO, "docs", "benchmarks.md"), help="- : print only"
     )
@@ -391,9 +392,9 @@ def main(argv: list[str]) -> None:
         plan_path = os.path.join(tmp, "plan.json")
         with open(plan_path, "w") as f:
             json.dump(plan, f)
-        ours = _run_job(os.path.abspath(__file__), "jax", plan_path, tmp, env={}, timeout=args.job_timeout)
+        ours = _run_job(os.path.abspath(__file__), "jax", plan_path, tmp, env={}, timeout=args.jax_timeout)
         peer = _run_job(
-            PEER, "accelerator", plan_path, tmp, env={"JAX_PLATFORMS": "cpu"}, timeout=args.job_timeout
+            PEER, "accelerator", plan_path, tmp, env={"JAX_PLATFORMS": "cpu"}, timeout=args.torch_timeout
         )
     text = section(plan, ours, peer, started, time.perf_counter() - clock, argv)
     print("\n" + text)
