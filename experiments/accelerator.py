@@ -217,8 +217,8 @@ def table(plan: dict, ours: dict, peer: dict) -> tuple[list[str], list[list[str]
         value = peer.get(f"{dtype}/{mode}/{key}")
         if value is not None:
             return _fmt(value, 2 if key == "first_step_s" else 1)
-        error = peer.get(f"{dtype}/{mode}/{stage}_error") or peer.get("error")
-        return f"failed ({_cell(error)})" if error else "—"
+        error = peer.get(f"{dtype}/{mode}/{stage}_error")
+        return f"failed ({_cell(error)})" if error else "failed (see Failures)" if "error" in peer else "—"
 
     rows = []
     names = (
@@ -238,13 +238,14 @@ def table(plan: dict, ours: dict, peer: dict) -> tuple[list[str], list[list[str]
             row.append("—" if ratio is None else f"{ratio:.2f}x")
             if name in TARGETS and ratio is not None:
                 met.append(f"{dtype} {'yes' if ratio >= TARGETS[name] else 'no'}")
-        row.append(f">= {TARGETS[name]:g}x: {', '.join(met)}" if name in TARGETS else "")
+        target = f">= {TARGETS.get(name, 0):g}x" + (f": {', '.join(met)}" if met else "")
+        row.append(target if name in TARGETS else "")
         rows.append(row)
     for mode, stride_at_224 in PATCH_MODES:
         entries = [ours.get(f"{d}/patches_{mode}_{stride_at_224}") for d in plan["dtypes"]]
         known = next((e for e in entries if e), None)
-        stride, count = (known["stride"], known["patches"]) if known else ("?", "?")
-        label = f"Patches {mode}, stride {stride}, {count}"
+        count = known["patches"] if known else "?"
+        label = f"Patches {mode}, stride {patch_stride(stride_at_224, plan['image_size'])}, {count}"
         row = [f"{label} per {plan['photo_hw'][1]}x{plan['photo_hw'][0]} photo (patches/s; s/photo)"]
         target = ""
         for dtype, entry in zip(plan["dtypes"], entries, strict=True):
@@ -255,7 +256,7 @@ def table(plan: dict, ours: dict, peer: dict) -> tuple[list[str], list[list[str]
             if (mode, stride_at_224) == ("shared", 32) and entry:
                 target += f"{dtype} {'yes' if entry['seconds'] < SHARED_STRIDE_32_SECONDS else 'no'} "
         if (mode, stride_at_224) == ("shared", 32):
-            target = f"< {SHARED_STRIDE_32_SECONDS:g} s: {target.strip()}"
+            target = f"< {SHARED_STRIDE_32_SECONDS:g} s" + (f": {target.strip()}" if target else "")
         rows.append(row + [target])
     hardware = []
     for dtype in DTYPES:

@@ -206,8 +206,6 @@ def measure(plan: dict, config: Any, make_backbone: Callable[[], nn.Module], rec
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    record("torch_device", torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
-    record("torch_version", torch.__version__)
     size, batch_size, classes = config.image_size, plan["batch_size"], plan["num_classes"]
     rng = np.random.default_rng(0)
     batch = {
@@ -273,6 +271,8 @@ def main() -> None:
         with open(args.result, "w") as out:
             json.dump(results, out, indent=2)
 
+    record("torch_version", torch.__version__)
+    record("torch_device", torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
     try:
         import torchvision
     except Exception as e:  # e.g. a torchvision build for another torch
