@@ -15,9 +15,9 @@ after the other, each with the accelerator to itself:
 
 The model is ResNet-50 in scenecls' ``torchvision`` variant (v1.5, torchvision's architecture) with the
 default Inception head, random weights, 224 px, 5 classes; stage 2 trains the default ``stage2.trainable``
-(Keras' last 30 layers). It prints a side-by-side table and writes it into ``docs/benchmarks.md`` between
-the markers of its section, replacing the last one. TensorFlow is not imported on this path (a GPU image
-has none): scenecls' model, stage setup, step and patch inference run without it.
+(Keras' last 30 layers). It prints a side-by-side table and writes it into ``docs/benchmarks.md`` as its
+section (replacing the last one; the rest of the file stays). TensorFlow is not imported on this path (a
+GPU image has none): scenecls' model, stage setup, step and patch inference run without it.
 
 Dry run on a CPU (seconds to minutes): ``--batch 2 --image-size 64 --photo 160x120 --steps 2 --warmup 1
 --matmul-size 256 --torch-compile-dtypes ""``; ``--output -`` prints without writing the docs.
@@ -29,7 +29,6 @@ import functools
 import json
 import os
 import platform
-import re
 import shlex
 import sys
 import tempfile
@@ -40,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from benchmark import REPO, _markdown_table, _run_job, machine
+from benchmark import ACCELERATOR_SECTION, REPO, _markdown_table, _run_job, machine, write_section
 
 from scenecls import parallel
 from scenecls.config import default_config
@@ -56,7 +55,6 @@ PEER = os.path.join(HERE, "torch_peer.py")
 NUM_CLASSES = len(synthetic.CLASSES)
 DTYPES = ("float32", "bfloat16")
 PATCH_MODES = (("exact", 112), ("shared", 112), ("shared", 32))  # strides at 224 px (scaled with it)
-BEGIN, END = "<!-- accelerator benchmark: begin -->", "<!-- accelerator benchmark: end -->"
 # Targets of issue 16 on an H100/H200-class GPU: scenecls over PyTorch eager, per measurement.
 TARGETS = {"forward": 1.0, "stage1": 1.2, "stage2": 1.0}
 SHARED_STRIDE_32_SECONDS = 1.0  # shared patch inference at stride 32 on the photo, seconds at most
@@ -291,8 +289,7 @@ def section(plan: dict, ours: dict, peer: dict, started: datetime.datetime, seco
         f"- PyTorch {k.rsplit('_error', 1)[0]}: {v}" for k, v in peer.items() if k.endswith("_error")
     ]
     lines = [
-        BEGIN,
-        "## scenecls against PyTorch on an accelerator",
+        ACCELERATOR_SECTION,
         "",
         f"Written by `{command}` on {started:%Y-%m-%d %H:%M %Z} (took {seconds / 60:.1f} min).",
         "",
@@ -322,19 +319,7 @@ def section(plan: dict, ours: dict, peer: dict, started: datetime.datetime, seco
     ]
     if failures:
         lines += ["", "### Failures", "", *failures]
-    return "\n".join(lines + [END]) + "\n"
-
-
-def write_section(path: str, text: str) -> None:
-    """Replaces the section between BEGIN and END in ``path`` (appends it when absent)."""
-    current = open(path).read() if os.path.exists(path) else ""
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END) + "\n?", re.DOTALL)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: text, current)
-    else:
-        updated = current.rstrip() + "\n\n" + text if current.strip() else text
-    with open(path, "w") as f:
-        f.write(updated)
+    return "\n".join(lines) + "\n"
 
 
 def _size(text: str) -> list[int]:

@@ -27,6 +27,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import resource
 import shlex
 import shutil
@@ -501,6 +502,33 @@ def _table(plan: dict, results: dict[str, dict], numpy_peak: float) -> tuple[lis
     return rows, hardware
 
 
+# Sections other scripts write into docs/benchmarks.md (experiments/paper_recipe.py, accelerator.py): kept
+# when this benchmark rewrites its own report above them.
+PAPER_RECIPE_SECTION = "## Paper recipe end to end"
+ACCELERATOR_SECTION = "## scenecls against PyTorch on an accelerator"
+
+
+def write_section(path: str, section: str) -> None:
+    """Replaces the section of ``path`` that starts with ``section``'s first line (a "## " heading) and runs
+    to the next "## " heading, or appends ``section``; the rest of the file stays as it is."""
+    heading = section.splitlines()[0]
+    text = open(path).read() if os.path.exists(path) else ""
+    if heading in text:
+        pattern = re.compile(rf"{re.escape(heading)}\n.*?(?=\n## |\Z)", re.S)
+        text = pattern.sub(lambda _: section.rstrip() + "\n", text)
+    else:
+        text = text.rstrip() + "\n\n" + section if text.strip() else section
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _other_sections(path: str) -> str:
+    """The other scripts' sections of ``path`` (from the first of them to the end), or ""."""
+    text = open(path).read() if os.path.exists(path) else ""
+    starts = [text.find(h) for h in (PAPER_RECIPE_SECTION, ACCELERATOR_SECTION) if h in text]
+    return text[min(starts) :] if starts else ""
+
+
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
@@ -646,8 +674,9 @@ def main() -> None:
     report = _report(args, plan, results, numpy_peak, started, time.perf_counter() - clock)
     print("\n" + report)
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    others = _other_sections(args.output)
     with open(args.output, "w") as f:
-        f.write(report)
+        f.write(report + ("\n" + others if others else ""))
     print(f"Wrote {args.output}")
 
 

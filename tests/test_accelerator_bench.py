@@ -19,6 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "experiments"))
 
 import accelerator  # noqa: E402
+import benchmark  # noqa: E402
 import torch_peer  # noqa: E402
 
 NUM_CLASSES = 5
@@ -107,16 +108,15 @@ def test_peer_measures_every_stage_on_cpu():
 
 
 def test_write_section_replaces_only_its_own_section(tmp_path):
+    heading = benchmark.ACCELERATOR_SECTION
     path = tmp_path / "benchmarks.md"
-    path.write_text(f"# Benchmarks\n\nabove\n\n{accelerator.BEGIN}\nold\n{accelerator.END}\n\nbelow\n")
-    accelerator.write_section(str(path), f"{accelerator.BEGIN}\nnew\n{accelerator.END}\n")
-    assert (
-        path.read_text() == f"# Benchmarks\n\nabove\n\n{accelerator.BEGIN}\nnew\n{accelerator.END}\n\nbelow\n"
-    )
+    path.write_text(f"# Benchmarks\n\nabove\n\n{heading}\n\nold\n\n### Sub\n\nold\n\n## Next\n\nbelow\n")
+    benchmark.write_section(str(path), f"{heading}\n\nnew\n")
+    assert path.read_text() == f"# Benchmarks\n\nabove\n\n{heading}\n\nnew\n\n## Next\n\nbelow\n"
     fresh = tmp_path / "fresh.md"
     fresh.write_text("# Benchmarks\n")
-    accelerator.write_section(str(fresh), f"{accelerator.BEGIN}\nnew\n{accelerator.END}\n")
-    assert fresh.read_text().endswith(f"{accelerator.END}\n") and fresh.read_text().startswith("# Benchmarks")
+    benchmark.write_section(str(fresh), f"{heading}\n\nnew\n")
+    assert fresh.read_text() == f"# Benchmarks\n\n{heading}\n\nnew\n"
 
 
 @pytest.mark.slow  # compiles ResNet-50's steps and patch engines on the CPU (a few minutes)
@@ -161,4 +161,6 @@ def test_accelerator_dry_run_without_tensorflow(tmp_path):
         assert ours[f"float32/{key}"] > 0, key
     assert {ours[f"float32/patches_{m}_{s}"]["patches"] > 0 for m, s in accelerator.PATCH_MODES} == {True}
     text = docs.read_text()
-    assert text.startswith("# Benchmarks") and accelerator.BEGIN in text and "Forward pass (img/s)" in text
+    assert (
+        text.startswith("# Benchmarks\n\n" + benchmark.ACCELERATOR_SECTION) and "Forward pass (img/s)" in text
+    )
