@@ -19,7 +19,7 @@ import json
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -99,42 +99,53 @@ class Peer(nn.Module):
         return self.head(self.tail(x))
 
 
-def stage_split(
-    backbone: nn.Module, head: nn.Module, config: Any, stage: str, num_classes: int
-) -> tuple[Peer, list[nn.Parameter], int]:
-    """The peer of scenecls' ``stage``: (model split at its gradient boundary, trainable parameters, count).
+class StageSpec(NamedTuple):
+    """What a stage trains, in torchvision's names: computed once, before any timing."""
 
-    The trainable set is scenecls' (``optim.stage_labels`` of the stage's rules, BatchNorm frozen unless
-    the stage trains it) mapped onto torchvision's names; its size must equal scenecls'.
-    """
+    trainable_keys: frozenset[str]  # backbone parameters
+    head_trains: bool
+    boundary: str | None  # scenecls' gradient boundary: a block name, "output" or None
+    count: int  # trainable parameters, as scenecls counts them
+
+
+def stage_spec(backbone: nn.Module, config: Any, stage: str, num_classes: int) -> StageSpec:
+    """scenecls' ``stage`` (``optim.stage_labels`` of its rules, BatchNorm frozen unless the stage trains it)
+    mapped onto ``backbone``'s torchvision names through scenecls' weight-name table."""
     model = build_classifier(config.model, num_classes)
     size = config.image_size
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))
     labels = optim.stage_labels(shapes, config[stage])
     names = set(optim.trainable_names(labels))
-    expected = sum(int(np.prod(s.shape)) for path, s in _named(shapes["params"]) if path in names)
+    count = sum(int(np.prod(s.shape)) for path, s in _named(shapes["params"]) if path in names)
     state = {key: value.detach().cpu().numpy() for key, value in backbone.state_dict().items()}
-    trainable_keys = {
+    keys = frozenset(
         t.source
         for t in tensors_from_state_dict(state)
         if t.path and t.path[0] == "params" and f"backbone/{t.path[1]}/{t.path[2]}" in names
-    }
+    )
+    boundary = optim.gradient_boundary(labels, block_names(config.model.stage_sizes))
+    return StageSpec(keys, any(name.startswith("head/") for name in names), boundary, count)
+
+
+def apply_spec(backbone: nn.Module, head: nn.Module, spec: StageSpec) -> tuple[Peer, list[nn.Parameter]]:
+    """(the model split at the stage's gradient boundary, its trainable parameters); freezes the rest.
+
+    Raises ValueError when the parameter count differs from scenecls'."""
     parameters = dict(backbone.named_parameters())
     for key, parameter in parameters.items():
-        parameter.requires_grad_(key in trainable_keys)
-    trainable = [parameters[key] for key in sorted(trainable_keys)]
-    if any(name.startswith("head/") for name in names):
-        trainable += list(head.parameters())
+        parameter.requires_grad_(key in spec.trainable_keys)
+    trainable = [parameters[key] for key in sorted(spec.trainable_keys)]
+    trainable += list(head.parameters()) if spec.head_trains else []
     count = sum(p.numel() for p in trainable)
-    if count != expected:
-        raise ValueError(f"{stage}: torch trains {count:,} parameters, scenecls {expected:,}")
-    boundary = optim.gradient_boundary(labels, block_names(config.model.stage_sizes))
+    if count != spec.count:
+        raise ValueError(f"torch trains {count:,} parameters, scenecls {spec.count:,}")
     blocks = backbone_blocks(backbone)
     points = [name for name, _ in blocks]
+    boundary = spec.boundary
     split = 0 if boundary is None else len(blocks) if boundary == "output" else points.index(boundary)
     frozen = nn.Sequential(*(module for _, module in blocks[:split]))
     tail = nn.Sequential(*(module for _, module in blocks[split:]))
-    return Peer(frozen, tail, head), trainable, count
+    return Peer(frozen, tail, head), trainable
 
 
 def _named(params: Any) -> list[tuple[str, Any]]:
@@ -214,45 +225,50 @@ def measure(plan: dict, config: Any, make_backbone: Callable[[], nn.Module], rec
         .contiguous(memory_format=torch.channels_last),
         "label": torch.from_numpy(rng.integers(0, classes, (batch_size,))).to(device),
     }
-    weights = torch.ones(classes, device=device)
+    specs = {stage: stage_spec(make_backbone(), config, stage, classes) for stage in ("stage1", "stage2")}
     for mode in ("eager", "compile"):  # every eager figure first: compilation takes the most time
         for dtype in plan["dtypes"]:
-            bf16 = dtype == "bfloat16"
             if mode == "compile" and dtype not in plan["torch_compile_dtypes"]:
                 continue
-            prefix = f"{dtype}/{mode}"
-            for stage in ("stage1", "stage2"):
-                backbone = head = None
+            for stage, spec in specs.items():
+                prefix = f"{dtype}/{mode}"
                 try:
-                    start = time.perf_counter()
-                    torch.manual_seed(0)
-                    backbone = make_backbone().to(device, memory_format=torch.channels_last)
-                    head = head_for(config.model, classes).to(device, memory_format=torch.channels_last)
-                    peer, trainable, count = stage_split(backbone, head, config, stage, classes)
-                    peer.eval()
-                    head.train()  # dropout; every BatchNorm stays in eval mode (frozen)
-                    optimizer = torch.optim.Adam(
-                        trainable, lr=config[stage].learning_rate, eps=1e-7, fused=device.type == "cuda"
-                    )
-                    model = torch.compile(peer) if mode == "compile" else peer
-                    step = _train_step(model, optimizer, batch, weights, bf16)
-                    first, rate = _rate(step, plan["steps"], plan["warmup"], batch_size, device, start)
-                    record(f"{prefix}/{stage}_img_s", rate)
-                    record(f"{prefix}/{stage}_trainable", count)
-                    if stage == "stage1":  # built from scratch: the time to first step
-                        record(f"{prefix}/first_step_s", first)
-                        head.eval()
-                        forward = _forward(model, batch, bf16)
-                        since = time.perf_counter()
-                        _, rate = _rate(forward, plan["steps"], plan["warmup"], batch_size, device, since)
-                        record(f"{prefix}/forward_img_s", rate)
+                    for key, value in _stage_figures(
+                        plan, config, make_backbone, spec, mode, dtype, stage, batch
+                    ):
+                        record(f"{prefix}/{key}", value)
                 except Exception as e:  # a failed compile (no C compiler, say) becomes the row's text
                     record(f"{prefix}/{stage}_error", f"{type(e).__name__}: {str(e).strip().splitlines()[0]}")
                     traceback.print_exc()
-                finally:
-                    del backbone, head
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+
+def _stage_figures(plan, config, make_backbone, spec: StageSpec, mode: str, dtype: str, stage: str, batch):
+    """(key, value) figures of one stage in one mode and dtype, from a freshly built model."""
+    device, batch_size, bf16 = batch["image"].device, plan["batch_size"], dtype == "bfloat16"
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    backbone = make_backbone().to(device, memory_format=torch.channels_last)
+    head = head_for(config.model, plan["num_classes"]).to(device, memory_format=torch.channels_last)
+    peer, trainable = apply_spec(backbone, head, spec)
+    peer.eval()
+    head.train()  # dropout; every BatchNorm stays in eval mode (frozen)
+    optimizer = torch.optim.Adam(
+        trainable, lr=config[stage].learning_rate, eps=1e-7, fused=device.type == "cuda"
+    )
+    model = torch.compile(peer) if mode == "compile" else peer
+    weights = torch.ones(plan["num_classes"], device=device)
+    step = _train_step(model, optimizer, batch, weights, bf16)
+    first, rate = _rate(step, plan["steps"], plan["warmup"], batch_size, device, start)
+    yield f"{stage}_img_s", rate
+    yield f"{stage}_trainable", spec.count
+    if stage == "stage1":  # built from scratch: the time to first step
+        yield "first_step_s", first
+        head.eval()
+        forward = _forward(model, batch, bf16)
+        _, rate = _rate(forward, plan["steps"], plan["warmup"], batch_size, device, time.perf_counter())
+        yield "forward_img_s", rate
 
 
 def main() -> None:

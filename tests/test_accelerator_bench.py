@@ -83,15 +83,19 @@ def test_peer_trains_the_parameters_scenecls_trains():
     config = accelerator.accelerator_config(_plan())
     backbone = _torch_resnet50()
     head = torch_peer.head_for(config.model, NUM_CLASSES)
-    peer, trainable, count = torch_peer.stage_split(backbone, head, config, "stage1", NUM_CLASSES)
-    assert count == sum(p.numel() for p in head.parameters()) and len(peer.tail) == 0
+    spec = torch_peer.stage_spec(backbone, config, "stage1", NUM_CLASSES)
+    peer, trainable = torch_peer.apply_spec(backbone, head, spec)
+    assert spec.count == sum(p.numel() for p in trainable) == HEAD_PARAMETERS and len(peer.tail) == 0
     assert not any(p.requires_grad for p in backbone.parameters())
 
-    peer, trainable, count = torch_peer.stage_split(backbone, head, config, "stage2", NUM_CLASSES)
+    spec = torch_peer.stage_spec(backbone, config, "stage2", NUM_CLASSES)
+    peer, trainable = torch_peer.apply_spec(backbone, head, spec)
     names = {name for name, p in backbone.named_parameters() if p.requires_grad}
     assert names == {f"layer4.{block}.conv{conv}.weight" for block in (1, 2) for conv in (1, 2, 3)}
     assert peer.tail[0] is backbone.layer4[1] and len(peer.tail) == 2
-    assert count == sum(p.numel() for p in trainable) == 2 * CONV5_BLOCK_CONV_PARAMETERS + HEAD_PARAMETERS
+    assert (
+        spec.count == sum(p.numel() for p in trainable) == 2 * CONV5_BLOCK_CONV_PARAMETERS + HEAD_PARAMETERS
+    )
 
 
 @pytest.mark.slow  # ResNet-50 train steps in torch on the CPU
