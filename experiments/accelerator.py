@@ -259,7 +259,8 @@ def table(plan: dict, ours: dict, peer: dict) -> tuple[list[str], list[list[str]
     hardware = []
     for dtype in DTYPES:
         peak = ours.get(f"matmul_tflops/{dtype}")
-        hardware.append([f"JAX {dtype} matmul {plan['matmul_size']}^3, best of 5", f"{_fmt(peak)} TFLOP/s"])
+        measured = "—" if peak is None else f"{peak:.3g} TFLOP/s"
+        hardware.append([f"JAX {dtype} matmul {plan['matmul_size']}^3, best of 5", measured])
     for dtype in plan["dtypes"]:
         peak = ours.get(f"matmul_tflops/{dtype}")
         for name in ("forward", "stage1", "stage2"):
@@ -271,7 +272,7 @@ def table(plan: dict, ours: dict, peer: dict) -> tuple[list[str], list[list[str]
             hardware.append(
                 [
                     f"scenecls {dtype} {name}: XLA GFLOP/img x img/s",
-                    f"{gflop:.2f} GFLOP/img, {achieved:.1f} TFLOP/s = {100 * achieved / peak:.0f}% of the "
+                    f"{gflop:.2f} GFLOP/img, {achieved:.3g} TFLOP/s = {100 * achieved / peak:.0f}% of the "
                     f"{dtype} matmul peak",
                 ]
             )

@@ -55,6 +55,7 @@ def test_cpu_flags_reads_the_flags_line(tmp_path):
     assert cpu_flags(str(tmp_path / "missing")) == frozenset()
 
 
+@pytest.mark.slow  # two stage-2 steps compiled, one per dtype
 def test_bfloat16_computes_in_bfloat16_but_keeps_float32_where_it_matters(tiny_config):
     """Activations are bfloat16; parameters, BatchNorm statistics (updated by a step), logits and the loss
     are float32, and the statistics agree with a float32 model's to bfloat16 precision."""
@@ -108,6 +109,7 @@ def _stage1_accuracy(config, dtype: str, train, test, epochs: int) -> float:
     return float(np.mean(np.argmax(logits, -1) == test[1]))
 
 
+@pytest.mark.slow  # renders 520 scenes and trains two stage-1 runs
 def test_bfloat16_stage1_reaches_float32_accuracy(tiny_config):
     """A bfloat16 stage-1 run on the tiny config ends within noise of float32: within two standard errors
     of the difference of two accuracies on this test set, and both well above chance."""
