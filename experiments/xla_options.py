@@ -11,6 +11,12 @@ forward / stage 1 / stage 2: default 10.2 / 8.3 / 6.0; oneDNN dots 9.8 / 8.1 / 6
 10.8 / 9.0 / 6.8; XNNPACK 9.6 / 8.2 / 5.9; YNNPACK conv+dot 9.6 / 8.8 / 6.0; fast math 9.6 / 9.0 / 6.2;
 bfloat16 compute 9.3 / 8.5 / 6.1. Every difference is within this machine's run-to-run noise (about 10%:
 fast math, which cannot change convolutions, moved stage 1 by 9%), so the defaults stay.
+
+On an Intel Xeon with AVX512-BF16 and AMX (2 cores, heavily shared; two rounds, 3 steps; ``--only default,
+bfloat16 compute,...``), bfloat16 was slower than float32 on both train steps in each round (0.68-0.82x) and
+inside the noise on the forward pass (0.83x, 1.21x); with oneDNN flags no steadier. Figures in
+docs/benchmarks.md ("bfloat16 against float32 on a CPU"); they decide ``config.model.dtype="auto"`` on CPUs
+(``scenecls.models.precision.BF16_PAYS_ON_NATIVE_CPU``).
 """
 
 import argparse
