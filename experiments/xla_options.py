@@ -4,7 +4,7 @@ Measures evaluation (forward), stage-1 and stage-2 train steps of the full model
 head, 224 px, batch 32, random weights and images) once per variant, each in a fresh process with its own
 ``XLA_FLAGS``, repeating the round ``--rounds`` times in alternating order so machine noise hits every
 variant alike, and prints the best images/s of each. Usage: ``python experiments/xla_options.py
-[--rounds 2] [--steps 3]``.
+[--rounds 2] [--steps 3] [--only NAME,NAME]``.
 
 Measured on the 2-core AMD EPYC development machine (Zen 3, AVX2, no AVX-512; one round, 2 steps), images/s
 forward / stage 1 / stage 2: default 10.2 / 8.3 / 6.0; oneDNN dots 9.8 / 8.1 / 6.2; oneDNN custom calls
