@@ -157,7 +157,7 @@ def test_accelerator_dry_run_without_tensorflow(tmp_path):
         *("--output", str(docs), "--workdir", str(workdir)),
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), REPO]), "JAX_PLATFORMS": "cpu"}
-    subprocess.run(command, check=True, env=env, cwd=REPO, timeout=900)
+    subprocess.run(command, check=True, env=env, cwd=REPO, timeout=1800)
     with open(workdir / "accelerator.py.jax.json") as f:
         ours = json.load(f)
     assert "error" not in ours
