@@ -67,11 +67,11 @@ def test_torch_head_mirrors_the_flax_head():
             kernel = np.asarray(params[f"branch_{k}x{k}"]["kernel"])  # HWIO
             assert tuple(branch.weight.shape) == kernel.transpose(3, 2, 0, 1).shape
             branch.weight.copy_(torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy()))
-            branch.bias.copy_(torch.from_numpy(np.asarray(params[f"branch_{k}x{k}"]["bias"])))
+            branch.bias.copy_(torch.from_numpy(np.array(params[f"branch_{k}x{k}"]["bias"])))
         dense = np.asarray(params["logits"]["kernel"])
         assert tuple(head.logits.weight.shape) == dense.T.shape
         head.logits.weight.copy_(torch.from_numpy(dense.T.copy()))
-        head.logits.bias.copy_(torch.from_numpy(np.asarray(params["logits"]["bias"])))
+        head.logits.bias.copy_(torch.from_numpy(np.array(params["logits"]["bias"])))
         ours = head(torch.from_numpy(features.transpose(0, 3, 1, 2).copy())).numpy()
     theirs = np.asarray(flax_head.apply({"params": params}, jnp.asarray(features)))
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
