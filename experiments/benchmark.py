@@ -27,6 +27,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import resource
 import shlex
 import shutil
@@ -43,13 +44,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from scenecls import train
 from scenecls.config import default_config
-from scenecls.data import builder, pipeline, synthetic
-from scenecls.evaluation import predict_split
-from scenecls.evaluation.evaluator import eval_step
+from scenecls.data import synthetic
 from scenecls.models import build_classifier, lookup_variant
 from scenecls.patches import PatchClassifier
-from scenecls.train import initial_variables, setup_stage, train_and_evaluate
+from scenecls.train import initial_variables, setup_stage
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -169,6 +169,8 @@ def _eval_batches(data: Any, count: int, batch_size: int) -> list[dict[str, np.n
 
 def _flops_per_image(model, variables: dict, batch: dict, preprocessing: str) -> float:
     """FLOPs of one image's forward pass (the evaluation step), as XLA counts them."""
+    from scenecls.evaluation.evaluator import eval_step  # TensorFlow (evaluation reads tf.data)
+
     step = jax.jit(eval_step, static_argnames=("model", "preprocessing"))
     inputs = {key: batch[key] for key in ("image", "label", "mask")}
     compiled = step.lower(variables, inputs, model=model, preprocessing=preprocessing).compile()
@@ -199,6 +201,9 @@ def _patch_rates(config, model, variables, classes, image: np.ndarray, repeats: 
 
 def scenecls_speed(plan: dict) -> dict:
     """scenecls side of every rate, the cold time to first step and the hardware reference."""
+    from scenecls.data import builder, pipeline  # TensorFlow: only the CPU-vs-Keras jobs import it
+    from scenecls.evaluation import predict_split
+
     _use_compilation_cache(plan["jax_cache"])
     config = _config(plan)
     data = np.load(plan["data"])
@@ -265,7 +270,7 @@ def scenecls_fit(plan: dict) -> dict:
     logging.use_absl_handler()  # timestamped INFO lines: the job's log shows where the time goes
     logging.set_verbosity(logging.INFO)
     start = time.perf_counter()
-    train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir)
     seconds = time.perf_counter() - start
     with open(os.path.join(workdir, "history.json")) as f:
         epochs_run = len(json.load(f)["stage1"])
@@ -303,6 +308,8 @@ def _plan(kind: str, dtype: str, directory: str) -> dict:
 
 def _prepare_inputs(plan: dict) -> None:
     """Synthetic scene set (prepared by scenecls), its 224 px train/val arrays for Keras, the composite."""
+    from scenecls.data import builder, pipeline
+
     config = default_config()
     config.data.synthetic_per_class = plan["per_class"]
     config.data.prepared_dir = plan["prepared_dir"]
@@ -331,8 +338,14 @@ def _children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _run_job(script: str, job: str, plan_path: str, tmp: str) -> dict:
-    """Runs one measurement process; its JSON result, or {"error": why} with the end of its log."""
+def _run_job(
+    script: str, job: str, plan_path: str, tmp: str, env: dict | None = None, timeout: float | None = None
+) -> dict:
+    """Runs one measurement process; its JSON result, or {"error": why} with the end of its log.
+
+    ``env`` replaces the default environment additions (JAX on the CPU); a job past ``timeout`` seconds is
+    stopped and keeps what its result file holds by then.
+    """
     result_path, log_path = (
         os.path.join(tmp, f"{os.path.basename(script)}.{job}.{s}") for s in ("json", "log")
     )
@@ -340,8 +353,14 @@ def _run_job(script: str, job: str, plan_path: str, tmp: str) -> dict:
     print(f"  running {os.path.basename(script)} --job {job} ...", flush=True)
     start, cpu_start = time.perf_counter(), _children_cpu_seconds()
     with open(log_path, "w") as log:
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu"}
-        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO).returncode
+        default = {"TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu"}
+        env = {**os.environ, **(default if env is None else env)}
+        try:
+            code = subprocess.run(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, timeout=timeout
+            ).returncode
+        except subprocess.TimeoutExpired:
+            code = f"stopped after {timeout:.0f} s"
     # CPU seconds near cores x wall means the job had the machine; much less means other load slowed it.
     job = {
         "wall_s": time.perf_counter() - start,
@@ -358,7 +377,11 @@ def _run_job(script: str, job: str, plan_path: str, tmp: str) -> dict:
             tail = f.read()[-2000:]
         print(f"    FAILED, end of its log:\n{tail}", flush=True)
         last_line = tail.strip().splitlines()[-1] if tail.strip() else "no output"
-        return {"error": f"exit status {code}: {last_line}", "job": job}
+        partial = {}
+        if os.path.exists(result_path):
+            with open(result_path) as f:
+                partial = json.load(f)
+        return {**partial, "error": f"exit status {code}: {last_line}", "job": job}
     with open(result_path) as f:
         return {**json.load(f), "job": job}
 
@@ -479,6 +502,33 @@ def _table(plan: dict, results: dict[str, dict], numpy_peak: float) -> tuple[lis
     return rows, hardware
 
 
+# Sections other scripts write into docs/benchmarks.md (experiments/paper_recipe.py, accelerator.py): kept
+# when this benchmark rewrites its own report above them.
+PAPER_RECIPE_SECTION = "## Paper recipe end to end"
+ACCELERATOR_SECTION = "## scenecls against PyTorch on an accelerator"
+
+
+def write_section(path: str, section: str) -> None:
+    """Replaces the section of ``path`` that starts with ``section``'s first line (a "## " heading) and runs
+    to the next "## " heading, or appends ``section``; the rest of the file stays as it is."""
+    heading = section.splitlines()[0]
+    text = open(path).read() if os.path.exists(path) else ""
+    if heading in text:
+        pattern = re.compile(rf"{re.escape(heading)}\n.*?(?=\n## |\Z)", re.S)
+        text = pattern.sub(lambda _: section.rstrip() + "\n", text)
+    else:
+        text = text.rstrip() + "\n\n" + section if text.strip() else section
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _other_sections(path: str) -> str:
+    """The other scripts' sections of ``path`` (from the first of them to the end), or ""."""
+    text = open(path).read() if os.path.exists(path) else ""
+    starts = [text.find(h) for h in (PAPER_RECIPE_SECTION, ACCELERATOR_SECTION) if h in text]
+    return text[min(starts) :] if starts else ""
+
+
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
@@ -573,9 +623,20 @@ def main() -> None:
         action="store_true",
         help="run only the paper's recipe end to end (experiments/paper_recipe.py; about 25 min)",
     )
+    parser.add_argument(
+        "--accelerator",
+        action="store_true",
+        help="scenecls against PyTorch on this JAX device instead (experiments/accelerator.py; its own "
+        "options follow, see --accelerator --help); needs no TensorFlow",
+    )
     parser.add_argument("--job", choices=sorted(JOBS), help="internal: run one scenecls measurement process")
     parser.add_argument("--plan", help="internal: the plan JSON of --job")
     parser.add_argument("--result", help="internal: where --job writes its JSON")
+    if "--accelerator" in sys.argv[1:]:
+        import accelerator
+
+        accelerator.main([a for a in sys.argv[1:] if a != "--accelerator"])
+        return
     args = parser.parse_args()
     if args.job:
         with open(args.plan) as f:
@@ -613,8 +674,9 @@ def main() -> None:
     report = _report(args, plan, results, numpy_peak, started, time.perf_counter() - clock)
     print("\n" + report)
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    others = _other_sections(args.output)
     with open(args.output, "w") as f:
-        f.write(report)
+        f.write(report + ("\n" + others if others else ""))
     print(f"Wrote {args.output}")
 
 

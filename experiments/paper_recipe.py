@@ -21,7 +21,6 @@ import argparse
 import datetime
 import json
 import os
-import re
 import shlex
 import shutil
 import statistics
@@ -31,6 +30,7 @@ import tempfile
 import time
 
 import numpy as np
+from benchmark import PAPER_RECIPE_SECTION, machine, write_section
 
 from scenecls.config import default_config
 from scenecls.data import builder, pipeline, synthetic
@@ -41,7 +41,6 @@ PEER = os.path.join(HERE, "keras_peer.py")
 PAPER_CLASSES = {"Buildings": 339, "Cars": 476, "Labs": 220, "People": 320, "Trees": 517}
 PAPER_SPLITS = {"train": 1310, "validation": 281, "test": 281}
 VARIANTS = {"scenecls, views=0 (exact)": 0, "scenecls, views=3": 3}
-SECTION = "## Paper recipe end to end"
 
 
 def config_for(plan: dict, views: int):
@@ -175,15 +174,6 @@ def _table(results: dict[str, dict], counts: dict) -> list[str]:
     return rows
 
 
-def _write_section(path: str, section: str) -> None:
-    """Replaces (or appends) the Paper recipe section of ``path``."""
-    text = open(path).read() if os.path.exists(path) else ""
-    pattern = re.compile(rf"{re.escape(SECTION)}.*?(?=\n## |\Z)", re.S)
-    text = pattern.sub(section.rstrip() + "\n", text) if SECTION in text else text.rstrip() + "\n\n" + section
-    with open(path, "w") as f:
-        f.write(text)
-
-
 def run(
     scale: float = 0.05, quick: bool = False, workdir: str | None = None, output: str | None = None
 ) -> str:
@@ -221,19 +211,18 @@ def run(
             results["Keras peer"] = json.load(f)
     section = _section(plan, results, started)
     print("\n" + section)
-    _write_section(output, section)
+    write_section(output, section)
     print(f"Wrote the section into {output}")
     return section
 
 
 def _section(plan: dict, results: dict[str, dict], started: datetime.datetime) -> str:
-    from benchmark import machine  # the same machine line as the main benchmark's report
 
     counts = plan["counts"]
     command = " ".join(["python", "experiments/paper_recipe.py", *map(shlex.quote, sys.argv[1:])])
     return "\n".join(
         [
-            SECTION,
+            PAPER_RECIPE_SECTION,
             "",
             f"Written by `{command}` on {started:%Y-%m-%d %H:%M %Z}. Machine: {machine()}.",
             "",

@@ -83,7 +83,10 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.head_filters = 128
     config.model.head_kernel_sizes = (1, 3, 5)
     config.model.dropout_rate = 0.5
-    config.model.dtype = "float32"  # compute dtype; parameters stay float32
+    # Compute dtype: auto (bfloat16 on GPU/TPU; float32 on CPU unless bfloat16 was measured faster there:
+    # scenecls/models/precision.py), float32 or bfloat16. Parameters, BatchNorm statistics, logits and the
+    # loss stay float32.
+    config.model.dtype = "auto"
 
     # PATH to .h5/.safetensors/.pth or orbax dir, "keras:imagenet", or "none".
     config.pretrained = "none"

@@ -4,8 +4,9 @@ Pretrained weights (Keras HDF5, torchvision/timm state dicts, converted checkpoi
 ``scenecls.models.weights``.
 """
 
-from scenecls.models.classifier import DTYPES, HEADS, Classifier, build_classifier
+from scenecls.models.classifier import HEADS, Classifier, build_classifier
 from scenecls.models.heads import GapHead, InceptionHead
+from scenecls.models.precision import DTYPES, compute_dtype, resolve_dtype
 from scenecls.models.resnet import ResNet50, block_names
 from scenecls.models.variants import VARIANTS, lookup_variant
 
@@ -19,5 +20,7 @@ __all__ = [
     "ResNet50",
     "block_names",
     "build_classifier",
+    "compute_dtype",
     "lookup_variant",
+    "resolve_dtype",
 ]

@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import ml_collections
 
 from scenecls.models.heads import GapHead, InceptionHead
+from scenecls.models.precision import compute_dtype
 from scenecls.models.resnet import OUTPUT, ResNet50
 from scenecls.models.variants import lookup_variant
 
 HEADS = ("inception", "gap")
 IMAGES = "images"  # Classifier.inputs of a model applied to images
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class Classifier(nn.Module):
@@ -63,7 +63,7 @@ def build_classifier(
     ``gradient_boundary`` is where backprop stops in the backbone and ``trainable_batchnorm`` the BatchNorm
     layers that train (see ResNet50); the defaults suit evaluation and inference.
     """
-    dtype = DTYPES[model_config.dtype]
+    dtype = compute_dtype(model_config.dtype)
     backbone = ResNet50(
         variant=model_config.variant,
         stage_sizes=tuple(model_config.stage_sizes),

@@ -7,9 +7,20 @@ stopping, reduce-LR-on-plateau), ``guard`` (checkpoints, signals, non-finite los
 (frozen-backbone features computed once) and ``history`` (history.json, curves, TensorBoard).
 """
 
-from scenecls.train.loop import train_and_evaluate
+from typing import Any
+
 from scenecls.train.stage import Stage, initial_variables, setup_stage
 from scenecls.train.step import TrainState, create_train_state, train_step, weighted_cross_entropy
+
+
+def __getattr__(name: str) -> Any:
+    """``train_and_evaluate`` on first use: its input pipeline imports TensorFlow; stage and step do not."""
+    if name == "train_and_evaluate":
+        from scenecls.train.loop import train_and_evaluate
+
+        return train_and_evaluate
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Stage",
