@@ -5,9 +5,14 @@ Modules: ``loop`` (``train_and_evaluate`` sequences the stages, ``run_stage`` ru
 step), ``optim`` (freeze rules, the gradient boundary and the masked optax transform), ``schedule`` (early
 stopping, reduce-LR-on-plateau), ``guard`` (checkpoints, signals, non-finite losses), ``feature_cache``
 (frozen-backbone features computed once) and ``history`` (history.json, curves, TensorBoard).
+
+The step and the stage setup need no TensorFlow; ``loop`` and ``feature_cache`` read prepared data through
+the tf.data pipeline, so ``train_and_evaluate`` is imported on first use (a serving or export box, or a GPU
+image without TensorFlow, can still ``import scenecls.train``).
 """
 
-from scenecls.train.loop import train_and_evaluate
+from typing import Any
+
 from scenecls.train.stage import Stage, initial_variables, setup_stage
 from scenecls.train.step import TrainState, create_train_state, train_step, weighted_cross_entropy
 
@@ -21,3 +26,12 @@ __all__ = [
     "train_step",
     "weighted_cross_entropy",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``train_and_evaluate``, imported when first asked for: it pulls in the input pipeline (TensorFlow)."""
+    if name == "train_and_evaluate":
+        from scenecls.train.loop import train_and_evaluate
+
+        return train_and_evaluate
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
