@@ -86,7 +86,7 @@ def train_batches(
     whole global batches, and process p takes rows [p * B, (p + 1) * B) of each (disjoint shards). Those
     rows get the augmentation they get in a single-process run (parameters are drawn for the whole global
     batch), so the processes' batches put together are the single-process batch, whatever the count.
-    From memory, each process shuffles its own shard instead (``memory_order``): the same batches as
+    From memory, each process shuffles its own shard instead (``train_order``): the same batches as
     streaming with one process, a different (equally random) order with several.
 
     In memory, images are rounded to uint8 before the augmentation, streamed after it: with the same order
@@ -116,7 +116,7 @@ def train_batches(
         )
         ds = ds.map(decode, num_parallel_calls=_AUTOTUNE).batch(local_batch, drop_remainder=True)
     else:
-        order = memory_order(prepared, config, epoch, process_index, process_count)
+        order = train_order(prepared, config, epoch, process_index, process_count, in_memory=True)
         signature = {
             "image": tf.TensorSpec((local_batch, size, size, 3), tf.uint8),
             "label": tf.TensorSpec((local_batch,), tf.int32),
@@ -157,41 +157,31 @@ def load_in_memory(
     return InMemory(images=images, labels=labels)
 
 
-def memory_order(
-    prepared: PreparedData,
-    config: ml_collections.ConfigDict,
-    epoch: int,
-    process_index: int = 0,
-    process_count: int = 1,
-) -> np.ndarray:
-    """Rows of this process's ``InMemory`` shard for each batch of ``epoch``, shape (steps, B): with one
-    process ``train_order``; with several, the epoch's shuffle over the process's own shard."""
-    if process_count == 1:
-        return train_order(prepared, config, epoch)
-    shuffle_seed, _ = epoch_seeds(config.seed, epoch)
-    local_batch = config.batch_size // process_count
-    rows = len(range(process_index, sum(prepared.counts["train"]), process_count))
-    ds = _shuffled(tf.data.Dataset.range(rows), prepared, config, shuffle_seed, local_batch)
-    return np.fromiter(ds.as_numpy_iterator(), np.int64).reshape(-1, local_batch)
-
-
 def train_order(
     prepared: PreparedData,
     config: ml_collections.ConfigDict,
     epoch: int,
     process_index: int = 0,
     process_count: int = 1,
+    in_memory: bool = False,
 ) -> np.ndarray:
-    """Stored-order indices of the examples ``train_batches`` yields for ``epoch``, shape (steps, B).
+    """Indices of the examples ``train_batches`` yields for ``epoch``, shape (steps, B): stored-order
+    indices, or with ``in_memory`` rows of this process's ``InMemory`` shard.
 
     The same shuffle over a range of indices instead of the examples (tf.data's shuffle order depends only
-    on its seed, buffer and length), so cached per-example data can be served in the images' order.
+    on its seed, buffer and length), so cached per-example data can be served in the images' order. In
+    memory with several processes, each shuffles its own shard with the epoch's seed instead.
     """
     shuffle_seed, _ = epoch_seeds(config.seed, epoch)
-    indices = tf.data.Dataset.range(sum(prepared.counts["train"]))
-    ds = _epoch_selection(indices, prepared, config, shuffle_seed, process_index, process_count)
-    order = np.fromiter(ds.as_numpy_iterator(), np.int64)
-    return order.reshape(-1, config.batch_size // process_count)
+    local_batch = config.batch_size // process_count
+    total = sum(prepared.counts["train"])
+    if in_memory and process_count > 1:
+        rows = tf.data.Dataset.range(len(range(process_index, total, process_count)))
+        ds = _shuffled(rows, prepared, config, shuffle_seed, local_batch)
+    else:
+        indices = tf.data.Dataset.range(total)
+        ds = _epoch_selection(indices, prepared, config, shuffle_seed, process_index, process_count)
+    return np.fromiter(ds.as_numpy_iterator(), np.int64).reshape(-1, local_batch)
 
 
 def _epoch_selection(

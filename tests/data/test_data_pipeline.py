@@ -201,14 +201,15 @@ def test_in_memory_processes_hold_and_serve_only_their_shard(prepared, config):
     whole = pipeline.load_in_memory(prepared, config)
     np.testing.assert_array_equal(memories[1].images, whole.images[1::2])  # stored examples 1, 3, 5, ...
     for epoch in (1, 2):
-        orders = [pipeline.memory_order(prepared, config, epoch, p, 2) for p in range(2)]
+        orders = [pipeline.train_order(prepared, config, epoch, p, 2, in_memory=True) for p in range(2)]
         assert all(order.shape == (5, 4) and len(set(order.ravel())) == 20 for order in orders)
         batches = [
             list(pipeline.train_batches(prepared, config, epoch, p, 2, memory=m))
             for p, m in enumerate(memories)
         ]
         assert [len(b) for b in batches] == [5, 5] and batches[0][0]["image"].shape == (4, SIZE, SIZE, 3)
-    assert not np.array_equal(*(pipeline.memory_order(prepared, config, e, 0, 2) for e in (1, 2)))
+    epochs = [pipeline.train_order(prepared, config, e, 0, 2, in_memory=True) for e in (1, 2)]
+    assert not np.array_equal(*epochs)
 
 
 def test_in_memory_auto_follows_the_budget(prepared, config):
