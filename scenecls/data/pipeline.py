@@ -15,8 +15,10 @@ so epoch e yields the same batches whether or not the run was interrupted before
 """
 
 import math
+import queue
+import threading
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import ml_collections
 import numpy as np
@@ -40,6 +42,8 @@ except RuntimeError:  # already initialised by the caller (main.py hides GPUs fi
     pass
 
 _AUTOTUNE = tf.data.AUTOTUNE
+_PREFETCH = 2  # in-memory batches indexed ahead of the step
+T = TypeVar("T")
 
 
 class InMemory(NamedTuple):
@@ -117,17 +121,35 @@ def train_batches(
         ds = ds.map(decode, num_parallel_calls=_AUTOTUNE).batch(local_batch, drop_remainder=True)
     else:
         order = train_order(prepared, config, epoch, process_index, process_count, in_memory=True)
+        rows = ({"image": memory.images[i], "label": memory.labels[i]} for i in order)
+        if not host_augment:  # already uint8: indexed in a thread, ahead of the step (7x tf.data's rate)
+            return _prefetched(rows, _PREFETCH)
         signature = {
             "image": tf.TensorSpec((local_batch, size, size, 3), tf.uint8),
             "label": tf.TensorSpec((local_batch,), tf.int32),
         }
-        ds = tf.data.Dataset.from_generator(
-            lambda: ({"image": memory.images[i], "label": memory.labels[i]} for i in order),
-            output_signature=signature,
-        )
-        if not host_augment:  # already uint8: served as indexed
-            return ds.prefetch(_AUTOTUNE).as_numpy_iterator()
+        ds = tf.data.Dataset.from_generator(lambda: rows, output_signature=signature)
     return ds.enumerate().map(augment, num_parallel_calls=_AUTOTUNE).prefetch(_AUTOTUNE).as_numpy_iterator()
+
+
+def _prefetched(items: Iterator[T], size: int) -> Iterator[T]:
+    """``items``, produced by a background thread up to ``size`` ahead; its exceptions re-raised here."""
+    ready: queue.Queue = queue.Queue(size)
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                ready.put(item)
+        except BaseException as e:  # noqa: BLE001 -- handed to the consumer
+            ready.put(e)
+        ready.put(done)
+
+    threading.Thread(target=produce, daemon=True).start()
+    while (item := ready.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 def in_memory(prepared: PreparedData, config: ml_collections.ConfigDict, process_count: int = 1) -> bool:
