@@ -61,6 +61,11 @@ def default_config() -> ml_collections.ConfigDict:
     config.data.store_shorter_side = 256  # images are stored pre-resized
     config.data.synthetic_per_class = 0  # > 0: generate a synthetic scene set first
     config.data.shuffle_buffer = 2048
+    # "auto": decode the training split once into a uint8 array (image_size, this process's shard) and serve
+    # batches by indexing when it fits in_memory_max_gb (1,872 images at 224 px: 0.26 GiB); "true" always,
+    # "false" streams the prepared records every epoch.
+    config.data.in_memory = "auto"
+    config.data.in_memory_max_gb = 4.0
 
     config.image_size = 224
     config.batch_size = 32  # global batch size
@@ -73,6 +78,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.augment.height_shift = 0.05
     config.augment.zoom = 0.1
     config.augment.horizontal_flip = True
+    # Where: "device" (in the jitted train step), "host" (the tf.data pipeline) or "auto" (device on GPU/TPU,
+    # on CPU what experiments/bench_input.py measured faster: scenecls.data.augment.CPU_PLACE).
+    config.augment.where = "auto"
 
     # Model.
     config.model = ml_collections.ConfigDict()
@@ -213,6 +221,7 @@ def _ints(low: int, length: int | None = None) -> Callable[[Any], bool]:
 
 def _rules() -> tuple[tuple[str, Callable[[Any], bool], str], ...]:
     """(field, predicate, what it must be), checked in order; choices come from where each concept lives."""
+    from scenecls.data.augment import PLACES
     from scenecls.models import DTYPES, HEADS, VARIANTS
     from scenecls.patches.engines import MODES
     from scenecls.patches.explain import METHODS
@@ -226,10 +235,13 @@ def _rules() -> tuple[tuple[str, Callable[[Any], bool], str], ...]:
         ("data.synthetic_per_class", _integer(0), "an integer >= 0"),
         ("data.shuffle_buffer", _integer(1), "an integer >= 1"),
         ("data.split_seed", _integer(0), "an integer >= 0"),
+        ("data.in_memory", *_one_of(("auto", "true", "false"))),
+        ("data.in_memory_max_gb", _number(0), "a number >= 0 (GiB of RAM for the training images)"),
         ("augment.rotation_degrees", _number(0, 180), "a number in [0, 180]"),
         ("augment.width_shift", _number(0, 1), "a fraction in [0, 1]"),
         ("augment.height_shift", _number(0, 1), "a fraction in [0, 1]"),
         ("augment.zoom", _number(0, 1), "a fraction in [0, 1]"),
+        ("augment.where", *_one_of(PLACES)),
         ("model.variant", *_one_of(VARIANTS)),
         ("model.head", *_one_of(HEADS)),
         ("model.dtype", *_one_of(DTYPES)),

@@ -51,6 +51,9 @@ def _run(spec: dict) -> None:
 
     workdir, source = spec["workdir"], os.path.join(spec["data_from"], "synthetic_source")
     config = load_config("tiny")
+    # Streamed, every process count gets the same global batches; in memory, each process would shuffle
+    # its own shard (a different order).
+    config.data.in_memory = "false"
     if spec["data_from"] != workdir:
         config.data.prepared_dir = os.path.join(spec["data_from"], "prepared")
         config.data.source_dir = source

@@ -2,5 +2,7 @@
 
 Modules: ``images`` (decode any image to upright RGB), ``synthetic`` (demo/test scenes), ``folder`` (scan,
 fingerprint, stratified split), ``builder`` (``prepare``: folder -> versioned tfds dataset + report) and
-``pipeline`` (train/eval batches as numpy). Only ``builder`` and ``pipeline`` import TensorFlow.
+``augment`` (the training augmentation's one definition, and its JAX twin for the train step) and
+``pipeline`` (train/eval batches as numpy, streamed or from memory). Only ``builder`` and ``pipeline`` import
+TensorFlow.
 """

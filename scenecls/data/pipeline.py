@@ -3,15 +3,22 @@
 Images are resized to ``image_size`` x ``image_size`` ignoring the aspect ratio (as Keras'
 ``flow_from_directory(target_size=...)``, which the reference used), bilinear with antialiasing, the same for
 training and evaluation. Training adds the paper's augmentation with Keras ``ImageDataGenerator`` semantics
-(rotation, width/height shift, zoom, horizontal flip; bilinear, fill mode 'nearest'). Normalisation
+(rotation, width/height shift, zoom, horizontal flip; bilinear, fill mode 'nearest'; defined in
+``augment``), here on the host unless ``config.augment.where`` puts it in the train step. Normalisation
 (caffe/torch) is done by the model step on device, so batches stay uint8.
+
+The training split is streamed from the prepared records, or decoded once into this process's uint8 array
+(``load_in_memory``, when ``config.data.in_memory`` says so) and served by indexing, in the same order.
 
 Determinism: the shuffle order and every random augmentation parameter derive from (config.seed, epoch),
 so epoch e yields the same batches whether or not the run was interrupted before it.
 """
 
 import math
+import queue
+import threading
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple, TypeVar
 
 import ml_collections
 import numpy as np
@@ -19,6 +26,14 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from scenecls import parallel
+from scenecls.data.augment import (
+    Transform,
+    affine_transforms,
+    augments,
+    geometric,
+    on_device,
+    sample_transform,
+)
 from scenecls.data.builder import PreparedData
 
 try:  # tf.data only: keep TensorFlow off the accelerators JAX uses.
@@ -27,6 +42,15 @@ except RuntimeError:  # already initialised by the caller (main.py hides GPUs fi
     pass
 
 _AUTOTUNE = tf.data.AUTOTUNE
+_PREFETCH = 2  # in-memory batches indexed ahead of the step
+T = TypeVar("T")
+
+
+class InMemory(NamedTuple):
+    """This process's shard of the decoded training split: stored examples p, p + P, ... of process p."""
+
+    images: np.ndarray  # uint8 (n, S, S, 3), resized as the pipeline resizes
+    labels: np.ndarray  # int32 (n,)
 
 
 def class_weights(train_counts: Sequence[int]) -> np.ndarray:
@@ -38,15 +62,6 @@ def class_weights(train_counts: Sequence[int]) -> np.ndarray:
     counts = np.asarray(train_counts, dtype=np.float64)
     weights = np.divide(counts.sum(), len(counts) * counts, out=np.zeros_like(counts), where=counts > 0)
     return weights.astype(np.float32)
-
-
-def augments(augment: ml_collections.ConfigDict) -> bool:
-    """Whether ``config.augment`` changes training images at all."""
-    return _geometric(augment) or bool(augment.horizontal_flip)
-
-
-def _geometric(augment: ml_collections.ConfigDict) -> bool:
-    return bool(augment.rotation_degrees or augment.width_shift or augment.height_shift or augment.zoom)
 
 
 def steps_per_epoch(prepared: PreparedData, config: ml_collections.ConfigDict) -> int:
@@ -66,36 +81,102 @@ def train_batches(
     epoch: int,
     process_index: int = 0,
     process_count: int = 1,
+    memory: InMemory | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """One epoch of augmented training batches ``{"image": uint8 (B, S, S, 3), "label": int32 (B,)}``.
+    """One epoch of training batches ``{"image": uint8 (B, S, S, 3), "label": int32 (B,)}``, streamed, or
+    indexed from ``memory`` (``load_in_memory``); augmented here unless ``augment.on_device(config.augment)``.
 
     ``B = config.batch_size // process_count``: all processes shuffle identically, keep the same number of
     whole global batches, and process p takes rows [p * B, (p + 1) * B) of each (disjoint shards). Those
     rows get the augmentation they get in a single-process run (parameters are drawn for the whole global
     batch), so the processes' batches put together are the single-process batch, whatever the count.
+    From memory, each process shuffles its own shard instead (``train_order``): the same batches as
+    streaming with one process, a different (equally random) order with several.
+
+    In memory, images are rounded to uint8 before the augmentation, streamed after it: with the same order
+    and parameters, augmented pixels differ by at most 1.
     """
     parallel.check_divisible(config.batch_size, "batch_size", process_count, "processes")
     shuffle_seed, augment_seed = epoch_seeds(config.seed, epoch)
     size = config.image_size
-
-    def decode(example):
-        return {"image": _decode_resize(example["image"], size), "label": tf.cast(example["label"], tf.int32)}
-
     local_batch = config.batch_size // process_count
+    host_augment = augments(config.augment) and not on_device(config.augment)
 
     def augment(index, batch):
         seed = tf.stack([tf.constant(augment_seed, tf.int64), index])
-        images = _augment(
-            batch["image"], config.augment, seed, process_index * local_batch, config.batch_size
-        )
-        return {"image": images, "label": batch["label"]}
+        images = tf.cast(batch["image"], tf.float32)
+        if host_augment:
+            images = _augment(images, config.augment, seed, process_index * local_batch, config.batch_size)
+        return {"image": _to_uint8(images), "label": batch["label"]}
 
-    ds = _epoch_selection(
-        _read(prepared, "train"), prepared, config, shuffle_seed, process_index, process_count
-    )
-    ds = ds.map(decode, num_parallel_calls=_AUTOTUNE)
-    ds = ds.batch(local_batch, drop_remainder=True).enumerate()
-    return ds.map(augment, num_parallel_calls=_AUTOTUNE).prefetch(_AUTOTUNE).as_numpy_iterator()
+    if memory is None:
+
+        def decode(example):
+            image = _decode_resize(example["image"], size)
+            return {"image": image, "label": tf.cast(example["label"], tf.int32)}
+
+        ds = _epoch_selection(
+            _read(prepared, "train"), prepared, config, shuffle_seed, process_index, process_count
+        )
+        ds = ds.map(decode, num_parallel_calls=_AUTOTUNE).batch(local_batch, drop_remainder=True)
+    else:
+        order = train_order(prepared, config, epoch, process_index, process_count, in_memory=True)
+        rows = ({"image": memory.images[i], "label": memory.labels[i]} for i in order)
+        if not host_augment:  # already uint8: indexed in a thread, ahead of the step (7x tf.data's rate)
+            return _prefetched(rows, _PREFETCH)
+        signature = {
+            "image": tf.TensorSpec((local_batch, size, size, 3), tf.uint8),
+            "label": tf.TensorSpec((local_batch,), tf.int32),
+        }
+        ds = tf.data.Dataset.from_generator(lambda: rows, output_signature=signature)
+    return ds.enumerate().map(augment, num_parallel_calls=_AUTOTUNE).prefetch(_AUTOTUNE).as_numpy_iterator()
+
+
+def _prefetched(items: Iterator[T], size: int) -> Iterator[T]:
+    """``items``, produced by a background thread up to ``size`` ahead; its exceptions re-raised here."""
+    ready: queue.Queue = queue.Queue(size)
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                ready.put(item)
+        except BaseException as e:  # noqa: BLE001 -- handed to the consumer
+            ready.put(e)
+        ready.put(done)
+
+    threading.Thread(target=produce, daemon=True).start()
+    while (item := ready.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def in_memory(prepared: PreparedData, config: ml_collections.ConfigDict, process_count: int = 1) -> bool:
+    """Whether the training split is decoded into memory: ``config.data.in_memory`` "true"/"false", or
+    "auto": when a process's shard (uint8 at ``image_size``) fits ``config.data.in_memory_max_gb``."""
+    choice = config.data.in_memory
+    if choice != "auto":
+        return choice == "true"
+    rows = -(-sum(prepared.counts["train"]) // process_count)
+    return rows * config.image_size**2 * 3 <= config.data.in_memory_max_gb * 2**30
+
+
+def load_in_memory(
+    prepared: PreparedData, config: ml_collections.ConfigDict, process_index: int = 0, process_count: int = 1
+) -> InMemory:
+    """Decodes this process's shard of the training split once (as ``eval_batches`` decodes it)."""
+    total = sum(prepared.counts["train"])
+    rows = len(range(process_index, total, process_count))
+    images = np.empty((rows, config.image_size, config.image_size, 3), np.uint8)
+    labels = np.empty((rows,), np.int32)
+    filled = 0
+    for batch in eval_batches(prepared, "train", config, process_index, process_count):
+        count = int(batch["mask"].sum())  # the padding comes last
+        images[filled : filled + count] = batch["image"][:count]
+        labels[filled : filled + count] = batch["label"][:count]
+        filled += count
+    return InMemory(images=images, labels=labels)
 
 
 def train_order(
@@ -104,17 +185,25 @@ def train_order(
     epoch: int,
     process_index: int = 0,
     process_count: int = 1,
+    in_memory: bool = False,
 ) -> np.ndarray:
-    """Stored-order indices of the examples ``train_batches`` yields for ``epoch``, shape (steps, B).
+    """Indices of the examples ``train_batches`` yields for ``epoch``, shape (steps, B): stored-order
+    indices, or with ``in_memory`` rows of this process's ``InMemory`` shard.
 
     The same shuffle over a range of indices instead of the examples (tf.data's shuffle order depends only
-    on its seed, buffer and length), so cached per-example data can be served in the images' order.
+    on its seed, buffer and length), so cached per-example data can be served in the images' order. In
+    memory with several processes, each shuffles its own shard with the epoch's seed instead.
     """
     shuffle_seed, _ = epoch_seeds(config.seed, epoch)
-    indices = tf.data.Dataset.range(sum(prepared.counts["train"]))
-    ds = _epoch_selection(indices, prepared, config, shuffle_seed, process_index, process_count)
-    order = np.fromiter(ds.as_numpy_iterator(), np.int64)
-    return order.reshape(-1, config.batch_size // process_count)
+    local_batch = config.batch_size // process_count
+    total = sum(prepared.counts["train"])
+    if in_memory and process_count > 1:
+        rows = tf.data.Dataset.range(len(range(process_index, total, process_count)))
+        ds = _shuffled(rows, prepared, config, shuffle_seed, local_batch)
+    else:
+        indices = tf.data.Dataset.range(total)
+        ds = _epoch_selection(indices, prepared, config, shuffle_seed, process_index, process_count)
+    return np.fromiter(ds.as_numpy_iterator(), np.int64).reshape(-1, local_batch)
 
 
 def _epoch_selection(
@@ -126,11 +215,18 @@ def _epoch_selection(
     process_count: int,
 ) -> tf.data.Dataset:
     """An epoch's shuffled whole batches of the training split, this process's rows of each of them."""
-    ds = ds.shuffle(config.data.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-    ds = ds.take(steps_per_epoch(prepared, config) * config.batch_size)
+    ds = _shuffled(ds, prepared, config, shuffle_seed, config.batch_size)
     if process_count == 1:
         return ds
     return ds.batch(config.batch_size // process_count).shard(process_count, process_index).unbatch()
+
+
+def _shuffled(
+    ds: tf.data.Dataset, prepared: PreparedData, config: ml_collections.ConfigDict, seed: int, batch: int
+) -> tf.data.Dataset:
+    """An epoch's shuffle of ``ds``, cut to ``steps_per_epoch`` batches of ``batch`` examples."""
+    ds = ds.shuffle(config.data.shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+    return ds.take(steps_per_epoch(prepared, config) * batch)
 
 
 def eval_batches(
@@ -165,12 +261,11 @@ def eval_batches(
         }
 
     def finish(index, batch):
-        if view is None:
-            image = tf.cast(tf.round(batch["image"]), tf.uint8)
-        else:
+        image = batch["image"]
+        if view is not None:
             seed = tf.stack([tf.constant(view_seed(config.seed, view), tf.int64), index])
-            image = _augment(batch["image"], config.augment, seed)
-        return {**batch, "image": image}
+            image = _augment(image, config.augment, seed)
+        return {**batch, "image": _to_uint8(image)}
 
     padding = {
         "image": tf.zeros((size, size, 3), tf.float32),
@@ -211,34 +306,6 @@ def _decode_resize(encoded: tf.Tensor, size: int) -> tf.Tensor:
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
-def affine_transforms(
-    theta_degrees: tf.Tensor,
-    shift_x: tf.Tensor,
-    shift_y: tf.Tensor,
-    zoom_x: tf.Tensor,
-    zoom_y: tf.Tensor,
-    height: int,
-    width: int,
-) -> tf.Tensor:
-    """Keras ``apply_affine_transform(x, theta, tx=shift_x, ty=shift_y, zx=zoom_x, zy=zoom_y)`` as (B, 8)
-    ImageProjectiveTransform rows.
-
-    As in Keras 2.x, M = rotation @ shift @ zoom maps output to input pixel coordinates (x = column,
-    y = row) about the image centre; shifts are in pixels, zoom > 1 zooms out.
-    """
-    theta = theta_degrees * (math.pi / 180.0)
-    cos, sin = tf.cos(theta), tf.sin(theta)
-    a00, a01, a02 = cos * zoom_x, -sin * zoom_y, cos * shift_x - sin * shift_y
-    a10, a11, a12 = sin * zoom_x, cos * zoom_y, sin * shift_x + cos * shift_y
-    # About the centre: C @ M @ C^-1, C translating by the centre (cx, cy). (Keras uses (h, w) for (x, y)
-    # here, the same for the square images this pipeline transforms.)
-    cx, cy = (width - 1) / 2, (height - 1) / 2
-    a02 += cx - a00 * cx - a01 * cy
-    a12 += cy - a10 * cx - a11 * cy
-    zeros = tf.zeros_like(theta)
-    return tf.stack([a00, a01, a02, a10, a11, a12, zeros, zeros], axis=1)
-
-
 def _augment(
     images: tf.Tensor,
     augment: ml_collections.ConfigDict,
@@ -246,44 +313,40 @@ def _augment(
     offset: int = 0,
     global_batch: int | None = None,
 ) -> tf.Tensor:
-    """Random Keras-style affine transform and horizontal flip of a float batch; returns uint8.
+    """``augment.sample_transform`` drawn with TensorFlow's stateless generator and applied to a float batch.
 
     The parameters are drawn for a batch of ``global_batch`` (default: this one) and rows
     ``[offset, offset + len(images))`` of them used: a process's slice of a global batch.
     """
     batch = tf.shape(images)[0]
     total = global_batch or batch
-
-    def draw(key, low=0.0, high=1.0):
-        return tf.random.stateless_uniform([total], key, low, high)[offset : offset + batch]
-
-    height, width = images.shape[1], images.shape[2]
     seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 6))
-    if _geometric(augment):
 
-        def uniform(key, limit, center=0.0):
-            return draw(key, center - limit, center + limit)
+    def uniform(stream: int, low: float, high: float) -> tf.Tensor:
+        return tf.random.stateless_uniform([total], seeds[stream], low, high)[offset : offset + batch]
 
-        # Keras 2.x draws the horizontal shift from height_shift_range (its x/y swap); for square images
-        # and equal ranges, as in the paper, the two are the same distribution. Here each shifts its axis.
-        transforms = affine_transforms(
-            uniform(seeds[0], augment.rotation_degrees),
-            uniform(seeds[1], augment.width_shift) * width,
-            uniform(seeds[2], augment.height_shift) * height,
-            uniform(seeds[3], augment.zoom, 1.0),
-            uniform(seeds[4], augment.zoom, 1.0),
-            height,
-            width,
-        )
+    return apply_transform(
+        images, sample_transform(augment, images.shape[1], images.shape[2], uniform), geometric(augment)
+    )
+
+
+def apply_transform(images: tf.Tensor, transform: Transform, affine: bool = True) -> tf.Tensor:
+    """``transform`` applied to a float batch (B, H, W, C): the affine part (if ``affine``; bilinear, fill
+    mode 'nearest'), then the flip. The host twin of ``augment.apply_transform``; not rounded."""
+    height, width = images.shape[1], images.shape[2]
+    if affine:
         images = tf.raw_ops.ImageProjectiveTransformV3(
             images=images,
-            transforms=transforms,
+            transforms=affine_transforms(transform, height, width, tf.experimental.numpy),
             output_shape=[height, width],
             fill_value=0.0,
             interpolation="BILINEAR",
             fill_mode="NEAREST",
         )
-    if augment.horizontal_flip:
-        flip = draw(seeds[5]) < 0.5
-        images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+    if transform.flip is not None:
+        images = tf.where(transform.flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+    return images
+
+
+def _to_uint8(images: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.round(tf.clip_by_value(images, 0.0, 255.0)), tf.uint8)

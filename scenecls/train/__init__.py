@@ -5,6 +5,10 @@ Modules: ``loop`` (``train_and_evaluate`` sequences the stages, ``run_stage`` ru
 step), ``optim`` (freeze rules, the gradient boundary and the masked optax transform), ``schedule`` (early
 stopping, reduce-LR-on-plateau), ``guard`` (checkpoints, signals, non-finite losses), ``feature_cache``
 (frozen-backbone features computed once) and ``history`` (history.json, curves, TensorBoard).
+
+The step and the stage setup need no TensorFlow; ``loop`` and ``feature_cache`` read prepared data through
+the tf.data pipeline, so ``train_and_evaluate`` is imported on first use (a serving or export box, or a GPU
+image without TensorFlow, can still ``import scenecls.train``).
 """
 
 from typing import Any

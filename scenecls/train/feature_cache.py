@@ -34,7 +34,7 @@ import numpy as np
 from absl import logging
 
 from scenecls import console
-from scenecls.data import pipeline
+from scenecls.data import augment, pipeline
 from scenecls.data.builder import PreparedData
 from scenecls.models import Classifier
 from scenecls.models.preprocessing import preprocess
@@ -70,7 +70,7 @@ def plan(config: ml_collections.ConfigDict, boundary: str | None) -> Plan:
         return Plan(False, 0, False, "the whole backbone trains (no frozen layers in front of a boundary)")
     if jax.process_count() > 1:
         return Plan(False, 0, False, "a multi-process run")
-    if not pipeline.augments(config.augment):
+    if not augment.augments(config.augment):
         return Plan(True, 1, False, "no augmentation: training activations cached exactly")
     views = config.cache_features.views
     if views:

@@ -41,6 +41,7 @@ class RunData(NamedTuple):
     prepared: builder.PreparedData
     class_weights: np.ndarray  # per class, in the loss
     steps: int  # training steps per epoch
+    memory: pipeline.InMemory | None  # this process's decoded training images (config.data.in_memory)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -86,7 +87,8 @@ def _resumes(resume: checkpoints.Restored | None, stage: str) -> bool:
 
 
 def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> RunData:
-    """Prepares (or reuses) the data, writes the run files, and derives class weights and steps per epoch."""
+    """Prepares (or reuses) the data, writes the run files, derives class weights and steps per epoch, and
+    decodes the training images into memory when ``config.data.in_memory`` says so."""
     prepared = parallel.primary_first(lambda: builder.prepare(config.data, workdir))
     if parallel.is_primary():
         run_files.write_run_files(workdir, config, prepared.classes)
@@ -100,7 +102,15 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> RunData:
             f"training split has {sum(counts)} images, fewer than one batch of {config.batch_size}; "
             "lower --config.batch_size"
         )
-    return RunData(prepared=prepared, class_weights=weights, steps=steps)
+    memory = None
+    if pipeline.in_memory(prepared, config, jax.process_count()):
+        memory = pipeline.load_in_memory(prepared, config, jax.process_index(), jax.process_count())
+        logging.info(
+            "Training images held in memory: %s uint8, %.2f GiB",
+            memory.images.shape,
+            memory.images.nbytes / 2**30,
+        )
+    return RunData(prepared=prepared, class_weights=weights, steps=steps, memory=memory)
 
 
 def restore_run(
@@ -172,7 +182,7 @@ def _stage_inputs(
     process = (jax.process_index(), jax.process_count())
 
     def train_batches(epoch: int) -> Iterator:
-        return pipeline.train_batches(prepared, config, epoch, *process)
+        return pipeline.train_batches(prepared, config, epoch, *process, memory=run.data.memory)
 
     if not plan.validation:
         val_batches = functools.partial(pipeline.eval_batches, prepared, "validation", config, *process)

@@ -16,6 +16,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from scenecls import parallel
+from scenecls.data import augment
 from scenecls.models import Classifier, block_names, build_classifier, lookup_variant, weights
 from scenecls.train import optim
 from scenecls.train.step import TrainState, checkpoint_tree, create_train_state, train_step
@@ -104,6 +105,9 @@ def setup_stage(
     )
     state = create_train_state(model, variables, labels, stage_config.learning_rate)
     preprocessing = lookup_variant(config.model.variant).preprocessing
+    on_device = augment.on_device(config.augment)
+    if on_device:
+        logging.info("%s: images are augmented on the device, in the train step", stage)
     return Stage(
         name=stage,
         labels=labels,
@@ -112,15 +116,20 @@ def setup_stage(
         model=model,
         preprocessing=preprocessing,
         state=parallel.replicate(mesh, state),
-        step=_jit_step(preprocessing, mesh),
+        step=_jit_step(
+            preprocessing, mesh, ml_collections.FrozenConfigDict(config.augment) if on_device else None
+        ),
         mesh=mesh,
     )
 
 
-def _jit_step(preprocessing: str, mesh: Mesh) -> Callable:
-    """The jitted train step, its new state replicated (the old one is donated: its buffers are reused)."""
+def _jit_step(
+    preprocessing: str, mesh: Mesh, augment_config: ml_collections.ConfigDict | None = None
+) -> Callable:
+    """The jitted train step (augmenting with ``augment_config`` if given), its new state replicated (the
+    old one is donated: its buffers are reused)."""
     return jax.jit(
-        functools.partial(train_step, preprocessing=preprocessing),
+        functools.partial(train_step, preprocessing=preprocessing, augment=augment_config),
         donate_argnums=0,
         out_shardings=parallel.replicated(mesh),
     )

@@ -6,11 +6,15 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax.training import train_state
 
+from scenecls.data.augment import device_augment
 from scenecls.models.preprocessing import preprocess
 from scenecls.train import optim
+
+_AUGMENT_STREAM = 1  # the augmentation's key: folded from the step's dropout key
 
 
 class TrainState(train_state.TrainState):
@@ -54,17 +58,25 @@ def train_step(
     class_weights: jnp.ndarray,
     *,
     preprocessing: str,
+    augment: ml_collections.ConfigDict | None = None,
 ) -> tuple[TrainState, dict[str, jnp.ndarray]]:
     """One optimisation step; returns the new state and summed batch metrics.
+
+    With ``augment`` (a ``config.augment``) the step first augments the uint8 images itself
+    (``augment.device_augment``), from a key derived from ``dropout_key`` (seed and stage) and the state's
+    step count (epoch and step): deterministic, and the same after a resume.
 
     Only the BatchNorm layers the model was built to train (``trainable_batchnorm``) change their
     statistics; the others normalise with their running averages. A step whose loss or updated parameters
     are not finite leaves parameters, optimizer and BatchNorm state unchanged and reports ``finite=False``
     (the caller decides whether to stop).
     """
-    images = preprocess(batch["image"], preprocessing)
-    labels = batch["label"]
     key = jax.random.fold_in(dropout_key, state.step)
+    images = batch["image"]
+    if augment is not None:
+        images = device_augment(images, jax.random.fold_in(key, _AUGMENT_STREAM), augment)
+    images = preprocess(images, preprocessing)
+    labels = batch["label"]
 
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state.batch_stats}

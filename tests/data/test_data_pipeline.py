@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from scenecls.data import builder, images, pipeline
+from scenecls.data import augment, builder, images, pipeline
 
 SIZE = 32
 
@@ -131,8 +131,10 @@ def test_augmentation_matches_keras_apply_affine_transform():
             fill_mode="nearest",
             order=1,
         )
-        params = (tf.constant([v], tf.float32) for v in (theta, tx, ty, zx, zy))
-        transforms = pipeline.affine_transforms(*params, height=48, width=48)
+        params = augment.Transform(
+            *(tf.constant([v], tf.float32) for v in (theta, tx, ty, zx, zy)), flip=None
+        )
+        transforms = augment.affine_transforms(params, 48, 48, tf.experimental.numpy)
         actual = tf.raw_ops.ImageProjectiveTransformV3(
             images=image[None],
             transforms=transforms,
@@ -154,6 +156,74 @@ def test_default_augmentation_changes_images_within_paper_ranges(prepared, confi
     # Small transforms: most images stay close to the original or to its mirror image.
     mirrored = np.abs(augmented.astype(np.float32) - plain[:, :, ::-1]).mean(axis=(1, 2, 3))
     assert np.median(np.minimum(differences, mirrored)) < 40
+
+
+def test_in_memory_batches_equal_streamed_ones_without_augmentation(prepared, config):
+    _no_augmentation(config)
+    memory = pipeline.load_in_memory(prepared, config)
+    assert memory.images.shape == (40, SIZE, SIZE, 3) and memory.images.dtype == np.uint8
+    for epoch in (0, 1):
+        streamed = list(pipeline.train_batches(prepared, config, epoch))
+        held = list(pipeline.train_batches(prepared, config, epoch, memory=memory))
+        assert len(held) == len(streamed) == 5
+        for a, b in zip(held, streamed, strict=True):
+            np.testing.assert_array_equal(a["label"], b["label"])
+            np.testing.assert_array_equal(a["image"], b["image"])
+
+
+def test_in_memory_host_augmentation_is_streamings_up_to_rounding(prepared, config):
+    memory = pipeline.load_in_memory(prepared, config)
+    streamed = list(pipeline.train_batches(prepared, config, 2))
+    held = list(pipeline.train_batches(prepared, config, 2, memory=memory))
+    np.testing.assert_array_equal(
+        np.concatenate([b["label"] for b in held]), np.concatenate([b["label"] for b in streamed])
+    )
+    difference = np.abs(_images(held).astype(int) - _images(streamed))
+    assert difference.max() <= 1  # rounded to uint8 before the transform instead of after it
+    plain = _images(pipeline.train_batches(prepared, _no_augmentation(config), 2, memory=memory))
+    assert np.abs(_images(held).astype(int) - plain).mean() > 5  # and it was augmented
+
+
+def test_device_augmentation_leaves_batches_to_the_step(prepared, config):
+    config.augment.where = "device"
+    memory = pipeline.load_in_memory(prepared, config)
+    left = _images(pipeline.train_batches(prepared, config, 1, memory=memory))
+    streamed = _images(pipeline.train_batches(prepared, config, 1))
+    config.augment.where = "host"
+    plain = _images(pipeline.train_batches(prepared, _no_augmentation(config), 1, memory=memory))
+    np.testing.assert_array_equal(left, plain)
+    np.testing.assert_array_equal(streamed, plain)
+
+
+def test_in_memory_processes_hold_and_serve_only_their_shard(prepared, config):
+    memories = [pipeline.load_in_memory(prepared, config, p, 2) for p in range(2)]
+    assert [len(m.labels) for m in memories] == [20, 20]
+    whole = pipeline.load_in_memory(prepared, config)
+    np.testing.assert_array_equal(memories[1].images, whole.images[1::2])  # stored examples 1, 3, 5, ...
+    for epoch in (1, 2):
+        orders = [pipeline.train_order(prepared, config, epoch, p, 2, in_memory=True) for p in range(2)]
+        assert all(order.shape == (5, 4) and len(set(order.ravel())) == 20 for order in orders)
+        batches = [
+            list(pipeline.train_batches(prepared, config, epoch, p, 2, memory=m))
+            for p, m in enumerate(memories)
+        ]
+        assert [len(b) for b in batches] == [5, 5] and batches[0][0]["image"].shape == (4, SIZE, SIZE, 3)
+    epochs = [pipeline.train_order(prepared, config, e, 0, 2, in_memory=True) for e in (1, 2)]
+    assert not np.array_equal(*epochs)
+
+
+def test_in_memory_auto_follows_the_budget(prepared, config):
+    size = 40 * SIZE * SIZE * 3  # bytes of the 40 training images
+    config.data.in_memory_max_gb = 1.01 * size / 2**30
+    assert pipeline.in_memory(prepared, config)
+    config.data.in_memory_max_gb = 0.99 * size / 2**30
+    assert not pipeline.in_memory(prepared, config)
+    assert pipeline.in_memory(prepared, config, process_count=2)  # a process holds half
+    config.data.in_memory = "true"
+    assert pipeline.in_memory(prepared, config)
+    config.data.in_memory = "false"
+    config.data.in_memory_max_gb = 100.0
+    assert not pipeline.in_memory(prepared, config)
 
 
 def test_eval_yields_every_example_once_with_a_mask(prepared, config):

@@ -127,3 +127,20 @@ def test_plateau_bookkeeping(tiny_config):
     assert progress.learning_rate == pytest.approx(5e-4) and not progress.stopped_early
     schedule.update_progress(progress, 0.99, config, max_epochs=10)
     assert progress.stopped_early and progress.best == 0.9 and progress.best_epoch == 2
+
+
+def test_device_augmentation_in_the_step_follows_the_step_count(tiny_config):
+    """With augment.where="device" the step augments, from a key of (seed, stage) and the state's step
+    count: the same step count gives the same update (deterministic, resumable), another one another
+    (without dropout, nothing else in the step depends on the count)."""
+    tiny_config.model.dropout_rate = 0.0
+    tiny_config.augment.where = "device"
+    state, step, batch, _ = _setup(tiny_config, tiny_config.stage1.trainable)
+    losses = []
+    for at in (0, 0, 7):
+        copy = jax.tree_util.tree_map(jnp.copy, state)  # the step donates its state
+        _, metrics = step(
+            copy.replace(step=jnp.asarray(at, state.step.dtype)), batch, jax.random.PRNGKey(1), jnp.ones((5,))
+        )
+        losses.append(float(metrics["loss"]))
+    assert losses[0] == losses[1] and losses[0] != losses[2]

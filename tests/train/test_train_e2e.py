@@ -94,7 +94,7 @@ def _assert_same_history(expected_dir, got_dir):
     ):
         expected, got = json.load(f), json.load(g)
     for stage in ("stage1", "stage2"):
-        for a, b in zip(expected[stage], got[stage], strict=True):
+        for a, b in zip(expected.get(stage, []), got.get(stage, []), strict=True):
             for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
                 assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), (stage, key)
 
@@ -155,6 +155,25 @@ def test_extending_a_finished_run_equals_the_longer_run(trained, tmp_path):
     _assert_same_history(workdir, extended_dir)
     assert extended_metrics["accuracy"] == pytest.approx(metrics["accuracy"])
     assert extended_metrics["macro_f1"] == pytest.approx(metrics["macro_f1"])
+
+
+def test_device_augmentation_from_memory_resumes_where_the_longer_run_ends(trained, tmp_path):
+    """Training images in memory, augmented in the train step: a finished one-epoch run extended to two
+    epochs ends where the two-epoch run does (the augmentation keys continue from the step count)."""
+    from conftest import load_config
+
+    _, workdir, _ = trained
+    full = _same_data(load_config("tiny"), workdir)
+    full.update_from_flattened_dict(
+        {"stage1.epochs": 2, "stage2.epochs": 0, "data.in_memory": "true", "augment.where": "device"}
+    )
+    short = full.copy_and_resolve_references()
+    short.stage1.epochs = 1
+    whole_dir, extended_dir = str(tmp_path / "whole"), str(tmp_path / "extended")
+    train.train_and_evaluate(full, whole_dir)
+    train.train_and_evaluate(short, extended_dir)
+    train.train_and_evaluate(full, extended_dir)
+    _assert_same_history(whole_dir, extended_dir)
 
 
 def test_partial_stage_trains_only_its_own_batchnorm(tmp_path):

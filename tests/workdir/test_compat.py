@@ -26,6 +26,7 @@ def _config(stage1_epochs: int, stage2_epochs: int):
     config = load_config("tiny")
     config.model.update(width=4, head_filters=4)
     config.stage1.epochs, config.stage2.epochs = stage1_epochs, stage2_epochs
+    config.data.in_memory = "false"  # as the fixture was trained (in memory rounds before augmenting)
     return config
 
 
