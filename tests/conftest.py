@@ -22,13 +22,3 @@ def load_config(name: str):
 def tiny_config():
     """A fresh test-sized config (configs/tiny.py)."""
     return load_config("tiny")
-
-
-@pytest.fixture(scope="session")
-def trained_workdir(tmp_path_factory) -> str:
-    """A workdir trained once per test session with configs/tiny.py (read it, never write to it)."""
-    from scenecls import train
-
-    workdir = str(tmp_path_factory.mktemp("trained_tiny"))
-    train.train_and_evaluate(load_config("tiny"), workdir)
-    return workdir
