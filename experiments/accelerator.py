@@ -68,6 +68,9 @@ def accelerator_config(plan: dict) -> ml_collections.ConfigDict:
     config.batch_size = plan["batch_size"]
     config.patch.size = plan["image_size"]
     config.patch.chunk_size = plan["batch_size"]
+    # Steps without augmentation, like the PyTorch peer's (auto would warp each batch inside the step on a
+    # GPU; experiments/bench_input.py measures that end to end).
+    config.augment.where = "host"
     return config
 
 

@@ -36,8 +36,14 @@ def write_saved_model(
     TensorFlow's antialiased bilinear resize (the algorithm of ``jax.image.resize``, which exact patch mode
     uses). Both return ``probabilities`` (n, k) float32 and ``classes`` (n, k) strings.
     """
-    # Native serialization (StableHLO in an XlaCallModule op); the batch dimension stays symbolic.
-    converted = jax2tf.convert(serve, polymorphic_shapes=[None, "(b, ...)"], with_gradient=False)
+    # Native serialization (StableHLO in an XlaCallModule op); the batch dimension stays symbolic. Lowered
+    # for CPU whatever device this process has (a GPU's module would not run on CPU, TFLite or ONNX).
+    converted = jax2tf.convert(
+        serve,
+        polymorphic_shapes=[None, "(b, ...)"],
+        with_gradient=False,
+        native_serialization_platforms=("cpu",),
+    )
     module = tf.Module()
     module.params = tf.nest.map_structure(lambda a: tf.Variable(np.asarray(a), trainable=False), variables)
     module.class_names = tf.constant(list(classes))

@@ -18,6 +18,7 @@ import scenecls
 from scenecls import console
 from scenecls.export import readme, verify
 from scenecls.export.serving import IMAGES_SIGNATURE, PATCHES_SIGNATURE, serving_function
+from scenecls.models import build_classifier
 from scenecls.models.variants import lookup_variant
 from scenecls.workdir import checkpoints
 from scenecls.workdir.inference import load_for_inference
@@ -47,6 +48,9 @@ def export_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
 
     start = time.perf_counter()
     loaded = load_for_inference(workdir)
+    # Exports compute in float32, whatever the run's model.dtype resolves to here (bfloat16 on a GPU).
+    float32 = ml_collections.ConfigDict({**loaded.config.model.to_dict(), "dtype": "float32"})
+    loaded = loaded._replace(model=build_classifier(float32, num_classes=len(loaded.classes)))
     final, staging = os.path.join(workdir, FOLDER), os.path.join(workdir, FOLDER + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)

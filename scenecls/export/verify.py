@@ -21,6 +21,8 @@ from scenecls.models.variants import lookup_variant
 from scenecls.patches.engines import model_patch_fn
 from scenecls.workdir.inference import InferenceModel
 
+FRESH_PROCESS_TIMEOUT_S = 600  # reloading the SavedModel in a TensorFlow-only process
+
 FLOAT_TOLERANCE = 1e-4  # max |p_export - p_jax| of a float32 export
 MIN_QUANTIZED_AGREEMENT = 0.99  # top-1 agreement of the dynamic-range quantised TFLite
 _CHUNK = 16  # images per call of an exported model
@@ -147,8 +149,9 @@ def fresh_process_probabilities(path: str, data: Photos) -> tuple[np.ndarray, np
             text=True,
             env=env,
             cwd=tmp,
+            timeout=FRESH_PROCESS_TIMEOUT_S,
         )
-        if result.returncode != 0:
+        if result.returncode != 0:  # (a process past its time raises subprocess.TimeoutExpired)
             raise ValueError(f"{path}: reloading in a fresh process failed: {result.stderr.strip()[-2000:]}")
         with np.load(outputs) as arrays:
             if len(arrays["loaded"]):

@@ -20,6 +20,7 @@ from absl import logging
 
 # uint8 rows (n, ...) -> probabilities (n, num_classes), for any n up to the compiled batch.
 Forward = Callable[[np.ndarray], Any]
+_STOP = object()  # close()'s marker in the queue (None means "nothing carried over" in the loop)
 
 
 class Pending:
@@ -121,15 +122,19 @@ class Batcher:
 
     def close(self) -> None:
         """Stops the device thread once everything queued before has run."""
-        self._queue.put(None)
+        self._queue.put(_STOP)
         self._thread.join()
+
+    def alive(self) -> bool:
+        """Whether the device thread runs (it only ends on ``close``)."""
+        return self._thread.is_alive()
 
     def _loop(self) -> None:
         carried = None  # an item taken while filling a batch that did not fit in it
         while True:
             item = carried if carried is not None else self._queue.get()
             carried = None
-            if item is None:
+            if item is _STOP:
                 return
             if isinstance(item, _Job):
                 self._run_job(item)
@@ -171,28 +176,33 @@ class Batcher:
         return None
 
     def _run(self, batch: list[_Rows]) -> None:
-        """One forward pass for ``batch`` (padded to ``max_batch`` with batching); hands out the rows."""
-        rows = np.concatenate([item.rows for item in batch]) if len(batch) > 1 else batch[0].rows
-        count = len(rows)
-        if self.batching and count < self.max_batch:
-            rows = np.concatenate([rows, np.zeros((self.max_batch - count, *rows.shape[1:]), rows.dtype)])
+        """One forward pass for ``batch`` (padded to ``max_batch`` with batching); hands out the rows.
+
+        Any failure (stacking, the device, a wrong output) goes to every submission of the batch; the
+        thread lives on.
+        """
+        count = sum(len(item.rows) for item in batch)
         try:
+            rows = np.concatenate([item.rows for item in batch]) if len(batch) > 1 else batch[0].rows
+            if self.batching and count < self.max_batch:
+                padding = np.zeros((self.max_batch - count, *rows.shape[1:]), rows.dtype)
+                rows = np.concatenate([rows, padding])
             outputs = np.asarray(self.forward(rows))[:count]
-        except Exception as e:  # a device failure: every waiting request gets it, the thread lives on
+            if len(outputs) != count:
+                raise ValueError(f"the forward pass returned {len(outputs)} rows for {count}")
+            offset = 0
+            for item in batch:
+                item.pending.put(item.start, outputs[offset : offset + len(item.rows)])
+                offset += len(item.rows)
+        except Exception as e:
             logging.exception("Forward pass of %d rows failed", count)
             for item in batch:
                 item.pending.finish(error=e)
-            outputs = None
-        with self._lock:
-            self._forward_calls += 1
-            self._rows += count
-            self._waiting -= count
-        if outputs is None:
-            return
-        offset = 0
-        for item in batch:
-            item.pending.put(item.start, outputs[offset : offset + len(item.rows)])
-            offset += len(item.rows)
+        finally:
+            with self._lock:
+                self._forward_calls += 1
+                self._rows += count
+                self._waiting -= count
 
     def _run_job(self, job: _Job) -> None:
         try:

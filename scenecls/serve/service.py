@@ -145,8 +145,9 @@ class Service:
         }
 
     def health(self) -> dict[str, Any]:
-        """``/api/health``: ok, requests pending and the device thread's counters."""
-        return {"status": "ok", "pending_requests": self._pending, **self.batcher.stats()._asdict()}
+        """``/api/health``: ok (down: no device thread), requests pending, the device thread's counters."""
+        status = "ok" if self.batcher.alive() else "down"
+        return {"status": status, "pending_requests": self._pending, **self.batcher.stats()._asdict()}
 
     @contextlib.contextmanager
     def admitted(self) -> Iterator[None]:

@@ -56,3 +56,31 @@ def test_without_batching_each_submission_is_one_pass():
         np.asarray(batcher.submit(np.ones((n, 1))))
     batcher.close()
     assert calls == [3, 8, 1]
+
+
+def test_close_while_a_batch_is_filling_runs_it_and_returns():
+    batcher = Batcher(lambda rows: rows, max_batch=4, max_wait_s=0.5)
+    pending = batcher.submit(np.ones((1, 1)))
+    closer = threading.Thread(target=batcher.close)
+    closer.start()  # the stop marker arrives while the thread waits to fill the batch
+    closer.join(10)
+    assert not closer.is_alive(), "close() hung"
+    np.testing.assert_array_equal(np.asarray(pending), np.ones((1, 1)))
+
+
+def test_a_wrong_output_fails_its_batch_and_the_thread_serves_on():
+    bad = threading.Event()
+    bad.set()
+
+    def forward(rows):
+        return rows[:1] if bad.is_set() else rows  # first pass returns too few rows
+
+    batcher = Batcher(forward, max_batch=2, max_wait_s=0.0)
+    with pytest.raises(ValueError, match="returned 1 rows for 2"):
+        np.asarray(batcher.submit(np.ones((2, 1))))
+    bad.clear()
+    assert batcher.alive()
+    np.testing.assert_array_equal(np.asarray(batcher.submit(np.ones((2, 1)))), np.ones((2, 1)))
+    assert batcher.stats().waiting == 0
+    batcher.close()
+    assert not batcher.alive()
