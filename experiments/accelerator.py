@@ -39,12 +39,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from benchmark import ACCELERATOR_SECTION, REPO, _markdown_table, _run_job, machine, write_section
+from benchmark import ACCELERATOR_SECTION, REPO, machine, markdown_table, run_job, write_section
 
 from scenecls import parallel
 from scenecls.config import default_config
 from scenecls.data import synthetic
 from scenecls.models import build_classifier, lookup_variant
+from scenecls.models.precision import COMPUTE_DTYPES
 from scenecls.models.preprocessing import preprocess
 from scenecls.patches import PatchClassifier
 from scenecls.train import setup_stage
@@ -53,7 +54,7 @@ from scenecls.train.stage import init_variables
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEER = os.path.join(HERE, "torch_peer.py")
 NUM_CLASSES = len(synthetic.CLASSES)
-DTYPES = ("float32", "bfloat16")
+DTYPES = tuple(COMPUTE_DTYPES)  # float32, bfloat16
 PATCH_MODES = (("exact", 112), ("shared", 112), ("shared", 32))  # strides at 224 px (scaled with it)
 # Targets of issue 16 on an H100/H200-class GPU: scenecls over PyTorch eager, per measurement.
 TARGETS = {"forward": 1.0, "stage1": 1.2, "stage2": 1.0}
@@ -312,14 +313,14 @@ def section(plan: dict, ours: dict, peer: dict, started: datetime.datetime, seco
         f"{plan['photo_hw'][0]} photo (exact: one crop per patch, chunks of {plan['batch_size']}; shared: "
         "backbone once, head over every window), after a warm-up call; PyTorch has no patch engine (n/a).",
         "",
-        _markdown_table(header, rows),
+        markdown_table(header, rows),
         "",
         "\"scenecls / eager\" is scenecls' rate over PyTorch eager's (eager's time over scenecls' for "
         "the time to first step); targets are issue 16's for an H100/H200-class GPU.",
         "",
         "### Hardware reference",
         "",
-        _markdown_table(["what", "measured"], hardware),
+        markdown_table(["what", "measured"], hardware),
     ]
     if failures:
         lines += ["", "### Failures", "", *failures]
@@ -382,8 +383,8 @@ def main(argv: list[str]) -> None:
         plan_path = os.path.join(tmp, "plan.json")
         with open(plan_path, "w") as f:
             json.dump(plan, f)
-        ours = _run_job(os.path.abspath(__file__), "jax", plan_path, tmp, env={}, timeout=args.jax_timeout)
-        peer = _run_job(
+        ours = run_job(os.path.abspath(__file__), "jax", plan_path, tmp, env={}, timeout=args.jax_timeout)
+        peer = run_job(
             PEER, "accelerator", plan_path, tmp, env={"JAX_PLATFORMS": "cpu"}, timeout=args.torch_timeout
         )
     text = section(plan, ours, peer, started, time.perf_counter() - clock, argv)

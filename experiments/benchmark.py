@@ -338,7 +338,7 @@ def _children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _run_job(
+def run_job(
     script: str, job: str, plan_path: str, tmp: str, env: dict | None = None, timeout: float | None = None
 ) -> dict:
     """Runs one measurement process; its JSON result, or {"error": why} with the end of its log.
@@ -529,7 +529,7 @@ def _other_sections(path: str) -> str:
     return text[min(starts) :] if starts else ""
 
 
-def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
@@ -590,14 +590,14 @@ def _report(
         f"one {height_width[1]}x{height_width[0]} composite (scenecls grids: {grids or 'failed'}; the Keras "
         f"loop's grid at stride 112 has {results['peer'].get('patch_loop_grid', '?')} whole patches).",
         "",
-        _markdown_table(["measurement", "scenecls", "Keras peer", "scenecls advantage", "target"], rows),
+        markdown_table(["measurement", "scenecls", "Keras peer", "scenecls advantage", "target"], rows),
         "",
         '"scenecls advantage" is how many times better scenecls is: scenecls/Keras for rates, Keras/scenecls '
         "for seconds and memory. All three patch rows are compared with the same Keras per-patch loop.",
         "",
         "## Hardware reference",
         "",
-        _markdown_table(["what", "measured"], hardware),
+        markdown_table(["what", "measured"], hardware),
         "",
         "## What each row measures",
         "",
@@ -664,12 +664,12 @@ def main() -> None:
             json.dump(plan, f)
         numpy_peak = _matmul_gflops(np.matmul)
         script = os.path.abspath(__file__)
-        ours = _run_job(script, "speed", plan_path, tmp)
-        warm = _run_job(script, "first_step", plan_path, tmp)
-        peer = _run_job(PEER, "speed", plan_path, tmp)
+        ours = run_job(script, "speed", plan_path, tmp)
+        warm = run_job(script, "first_step", plan_path, tmp)
+        peer = run_job(PEER, "speed", plan_path, tmp)
         # --quick (epochs 0) leaves out the end-to-end pair: at its size only compilation would be timed.
-        ours_fit = _run_job(script, "fit", plan_path, tmp) if plan["epochs"] else {}
-        peer_fit = _run_job(PEER, "fit", plan_path, tmp) if plan["epochs"] else {}
+        ours_fit = run_job(script, "fit", plan_path, tmp) if plan["epochs"] else {}
+        peer_fit = run_job(PEER, "fit", plan_path, tmp) if plan["epochs"] else {}
     results = {"ours": ours, "warm": warm, "peer": peer, "ours_fit": ours_fit, "peer_fit": peer_fit}
     report = _report(args, plan, results, numpy_peak, started, time.perf_counter() - clock)
     print("\n" + report)

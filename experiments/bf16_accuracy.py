@@ -18,9 +18,10 @@ import time
 from absl import logging
 
 from scenecls import train
+from scenecls.models.precision import COMPUTE_DTYPES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DTYPES = ("float32", "bfloat16")
+DTYPES = tuple(COMPUTE_DTYPES)  # float32, bfloat16
 
 
 def demo_config():
