@@ -43,6 +43,7 @@ except RuntimeError:  # already initialised by the caller (main.py hides GPUs fi
 
 _AUTOTUNE = tf.data.AUTOTUNE
 _PREFETCH = 2  # in-memory batches indexed ahead of the step
+PREFETCH_THREAD = "scenecls-prefetch"  # the name of the thread that indexes them
 T = TypeVar("T")
 
 
@@ -133,23 +134,41 @@ def train_batches(
 
 
 def _prefetched(items: Iterator[T], size: int) -> Iterator[T]:
-    """``items``, produced by a background thread up to ``size`` ahead; its exceptions re-raised here."""
+    """``items``, produced by a background thread up to ``size`` ahead; its exceptions re-raised here.
+
+    The thread ends when the items do, or soon after the consumer stops early (the generator is closed).
+    """
     ready: queue.Queue = queue.Queue(size)
-    done = object()
+    done, stopped = object(), threading.Event()
+
+    def put(item: object) -> bool:
+        """Queues ``item`` unless the consumer has stopped; whether it did."""
+        while not stopped.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
 
     def produce() -> None:
         try:
             for item in items:
-                ready.put(item)
+                if not put(item):
+                    return
         except BaseException as e:  # noqa: BLE001 -- handed to the consumer
-            ready.put(e)
-        ready.put(done)
+            put(e)
+            return
+        put(done)
 
-    threading.Thread(target=produce, daemon=True).start()
-    while (item := ready.get()) is not done:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+    threading.Thread(target=produce, name=PREFETCH_THREAD, daemon=True).start()
+    try:
+        while (item := ready.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stopped.set()
 
 
 def in_memory(prepared: PreparedData, config: ml_collections.ConfigDict, process_count: int = 1) -> bool:

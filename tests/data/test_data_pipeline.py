@@ -2,6 +2,8 @@
 
 import json
 import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -193,6 +195,21 @@ def test_device_augmentation_leaves_batches_to_the_step(prepared, config):
     plain = _images(pipeline.train_batches(prepared, _no_augmentation(config), 1, memory=memory))
     np.testing.assert_array_equal(left, plain)
     np.testing.assert_array_equal(streamed, plain)
+
+
+def test_an_epoch_left_early_stops_its_indexing_thread(prepared, config):
+    config.augment.where = "device"  # in memory, nothing augmented here: batches come from a thread
+    batches = pipeline.train_batches(prepared, config, 1, memory=pipeline.load_in_memory(prepared, config))
+    next(batches)  # 1 of 5 taken; the thread has more waiting than the queue holds
+    batches.close()  # as a run stopping mid-epoch (non-finite loss, interrupt) leaves it
+    deadline = time.monotonic() + 10
+    while _prefetch_threads() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _prefetch_threads()
+
+
+def _prefetch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == pipeline.PREFETCH_THREAD and t.is_alive()]
 
 
 def test_in_memory_processes_hold_and_serve_only_their_shard(prepared, config):
