@@ -205,11 +205,9 @@ def _checksums(folder: str) -> dict[str, dict[str, Any]]:
     for root, _, names in os.walk(folder):
         for name in names:
             full = os.path.join(root, name)
-            digest = hashlib.sha256()
             with open(full, "rb") as f:
-                for block in iter(lambda f=f: f.read(1 << 20), b""):
-                    digest.update(block)
-            entry = {"sha256": digest.hexdigest(), "bytes": os.path.getsize(full)}
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            entry = {"sha256": digest, "bytes": os.path.getsize(full)}
             files[os.path.relpath(full, folder)] = entry
     return dict(sorted(files.items()))
 

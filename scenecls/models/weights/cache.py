@@ -74,8 +74,5 @@ def cached_file(remote: RemoteFile, cache_dir: Path, download: Callable[[str, Pa
 
 def _md5(path: Path) -> str:
     """Hex md5 digest of a file, read in chunks."""
-    digest = hashlib.md5()
     with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(file, "md5").hexdigest()
