@@ -18,7 +18,6 @@ import asyncio
 import io
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -34,6 +33,7 @@ from collections import Counter
 import httpx
 import numpy as np
 import psutil
+from benchmark import machine
 from PIL import Image
 
 from scenecls.data import synthetic
@@ -174,12 +174,6 @@ def summary(runs: list[dict]) -> dict:
     }
 
 
-def cpu_name() -> str:
-    with open("/proc/cpuinfo") as f:
-        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    return f"{names[0] if names else platform.processor()}, {os.cpu_count()} cores"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default="", help="a trained run (default: the tiny test fixture)")
@@ -231,7 +225,7 @@ def main() -> None:
         for server in servers.values():
             server["exit"] = server["process"].wait(120)
 
-    results = {"cpu": cpu_name(), "clients": args.clients, "requests_per_client": args.requests}
+    results = {"cpu": machine(), "clients": args.clients, "requests_per_client": args.requests}
     results["overlay"], results["server_flags"] = not args.no_overlay, args.server_flag
     results["sizes"] = args.sizes
     results["rounds"], results["payloads"] = args.rounds, {"photos": len(good), "bad": bad_count}
